@@ -1,0 +1,59 @@
+"""Command line: `python -m nitro_emu EIF --guest-cid N` runs an enclave; the other verbs
+(describe-eif, build-eif, pcr, ca, attest) speak nitro-cli's language.
+
+Each verb lives in its own module with `main(argv) -> int`. Every user error ends as one
+line on stderr and a non-zero exit status, never a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from eif.errors import EifError
+from nitro_emu.errors import NitroEmuError
+
+# verb -> module that implements it
+VERBS = {
+    "describe-eif": "nitro_emu.cli.eif_commands",
+    "build-eif": "nitro_emu.cli.eif_commands",
+    "pcr": "nitro_emu.cli.eif_commands",
+    "ca": "nitro_emu.cli.attest_commands",
+    "attest": "nitro_emu.cli.attest_commands",
+}
+RUN_MODULE = "nitro_emu.cli.run_command"
+
+USAGE = """usage: python -m nitro_emu EIF --guest-cid N [--memory MiB] [--debug-mode] [...]
+       python -m nitro_emu describe-eif --eif-path EIF
+       python -m nitro_emu build-eif --kernel K --cmdline CMD --ramdisk R ... --output EIF
+       python -m nitro_emu pcr (--input FILE | --signing-certificate PEM)
+       python -m nitro_emu ca export
+       python -m nitro_emu attest verify DOC [--root PEM] [--pcr N=HEX ...] [--nonce HEX]
+Run any verb with --help for its options."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the verb's module; turn user errors into one line and exit status 1."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] in VERBS:
+        module, args = VERBS[argv[0]], argv
+    else:
+        module, args = RUN_MODULE, argv
+    try:
+        return importlib.import_module(module).main(args)
+    except (NitroEmuError, EifError) as error:
+        print(f"nitro-emu: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        where = f": {error.filename}" if error.filename else ""
+        print(f"nitro-emu: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nitro-emu: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())
