@@ -1,0 +1,59 @@
+"""Builds the machine's NSM: boot PCRs as on Nitro, a signer under the local CA."""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+
+from devices.nsm import NsmDevice, NsmHandler, PcrBank, measure
+from devices.nsm.handler import FIELD_LIMIT
+from devices.nsm.pcr import BOOT_LOCKED, PCR_SIZE
+from nitro_emu.attestation.ca import LocalCA
+from nitro_emu.attestation.errors import AttestationError
+
+_INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
+
+
+def make_module_id(parent_id: str | None = None) -> str:
+    """A module id shaped like Nitro's `i-<instance>-enc<16 hex>`; the instance part is
+    `parent_id` when that looks like an EC2 instance id, else random."""
+    instance = parent_id if parent_id and _INSTANCE_ID.fullmatch(parent_id) else \
+        "i-" + secrets.token_hex(9)[:17]
+    return f"{instance}-enc{secrets.token_hex(8)}"
+
+
+def boot_pcrs(*, pcr0: bytes, pcr1: bytes, pcr2: bytes, pcr8: bytes | None,
+              parent_role: str | None, parent_id: str | None, debug_mode: bool) -> PcrBank:
+    """The PCR bank as the guest finds it: 0/1/2/8 = the EIF measurements (zeros for
+    0-2 in debug mode, as on real Nitro), 3 = measure(role ARN), 4 = measure(instance
+    id), 0-15 locked."""
+    bank = PcrBank()
+    for index, value in ((0, pcr0), (1, pcr1), (2, pcr2), (8, pcr8)):
+        if value is None:
+            continue
+        if not isinstance(value, (bytes, bytearray)) or len(value) != PCR_SIZE:
+            raise AttestationError(f"PCR{index} must be {PCR_SIZE} bytes (a SHA-384 "
+                                   f"measurement), got {value!r:.60}")
+        if debug_mode and index <= 2:
+            continue
+        bank.set_initial(index, bytes(value))
+    if parent_role:
+        bank.set_initial(3, measure(parent_role.encode()))
+    if parent_id:
+        bank.set_initial(4, measure(parent_id.encode()))
+    bank.lock_range(BOOT_LOCKED)
+    return bank
+
+
+def create_nsm_device(*, pcr0: bytes, pcr1: bytes, pcr2: bytes, pcr8: bytes | None,
+                      parent_role: str | None, parent_id: str | None, debug_mode: bool,
+                      state_dir: str | os.PathLike[str] | None = None,
+                      module_id: str | None = None,
+                      field_limit: int | None = FIELD_LIMIT) -> NsmDevice:
+    """The NSM device for one machine run (see `boot_pcrs`); documents are signed by a
+    fresh leaf chained to the local root CA in `state_dir` (created on first use)."""
+    bank = boot_pcrs(pcr0=pcr0, pcr1=pcr1, pcr2=pcr2, pcr8=pcr8, parent_role=parent_role,
+                     parent_id=parent_id, debug_mode=debug_mode)
+    module_id = module_id or make_module_id(parent_id)
+    signer = LocalCA.load_or_create(state_dir).signer(module_id)
+    return NsmDevice(NsmHandler(bank, signer, module_id, field_limit=field_limit))
