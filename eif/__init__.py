@@ -1,7 +1,14 @@
 """The Enclave Image Format: read, validate, build, measure (PCRs) and sign EIF files.
 
-Depends on nothing else in nitro-emu.
+Depends on nothing else in nitro-emu. Entry points:
+* `read_eif(path) -> EifImage`: validate an EIF and measure it in one pass;
+* `build_eif(output, kernel=..., cmdline=..., ramdisks=[...]) -> Measurements`;
+* `eif.pcr`: `pcr_of_string` (PCR3/PCR4), `pcr8_from_certificate`, `extend_digest`.
 """
+from eif.builder import build_eif
 from eif.errors import EifError
+from eif.pcr import Measurements, pcr8_from_certificate, pcr_of_string
+from eif.reader import EifImage, Section, read_eif
 
-__all__ = ["EifError"]
+__all__ = ["EifError", "EifImage", "Measurements", "Section", "build_eif", "read_eif",
+           "pcr8_from_certificate", "pcr_of_string"]

@@ -1,0 +1,233 @@
+"""Write an EIF: `build_eif(output, kernel=..., cmdline=..., ramdisks=[...]) -> Measurements`
+(spec eif.md §2-§7), the same bytes AWS's builder writes for the same inputs.
+
+Input files are streamed in chunks (never loaded whole) and hashed in the same pass as
+they are copied. The CRC starts with header bytes that are final only at the end (the
+signature section's size depends on PCR0), so the sections' CRC is computed on its own
+and joined to the header's with `crc32_combine`. The file appears under its name only
+when complete (written to a temporary file beside it, then renamed).
+"""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+import zlib
+from typing import BinaryIO, Sequence
+
+from eif import layout
+from eif.crc import crc32_combine
+from eif.errors import EifError
+from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
+from eif.metadata import BuildInfo, Metadata, rfc3339_now
+from eif.pcr import Measurements, pcr8_from_certificate
+from eif.signature import sign_pcr0
+from eif.stream import THREAD_THRESHOLD, ChunkPool, Measurer
+
+ARCHES = {"x86_64": 0, "aarch64": layout.FLAG_ARCH_AARCH64}
+DEFAULT_BUILD_TOOL = "nitro-emu"
+DEFAULT_BUILD_TOOL_VERSION = "0.1.0"
+DEFAULT_OPERATING_SYSTEM = "OS"      # eif_build's defaults
+DEFAULT_KERNEL_VERSION = "kernel"
+MAX_RAMDISKS = layout.MAX_NUM_SECTIONS - 3
+
+
+def build_eif(output: str | os.PathLike, *, kernel: str | os.PathLike, cmdline: str,
+              ramdisks: Sequence[str | os.PathLike], name: str | None = None,
+              version: str | None = None, metadata: object = None,
+              build_time: str | None = None, build_tool: str = DEFAULT_BUILD_TOOL,
+              build_tool_version: str = DEFAULT_BUILD_TOOL_VERSION,
+              operating_system: str = DEFAULT_OPERATING_SYSTEM,
+              kernel_version: str = DEFAULT_KERNEL_VERSION, arch: str = "x86_64",
+              signing_certificate: str | os.PathLike | None = None,
+              private_key: str | os.PathLike | None = None,
+              docker_info: object = None, threaded: bool | None = None) -> Measurements:
+    """Build an EIF at `output` and return its measurements (PCR8 when signed).
+
+    `kernel` and `ramdisks` are file paths; `metadata` is the custom metadata (any JSON
+    value, None = null); `name` defaults to the kernel file's name, `version` to "1.0",
+    `build_time` to now (RFC 3339, pin it for reproducible builds); `signing_certificate`
+    and `private_key` are PEM files (EC P-256/384/521) and go together."""
+    if arch not in ARCHES:
+        raise EifError(f"unknown architecture {arch!r} (x86_64 or aarch64)")
+    if not isinstance(cmdline, str):
+        raise EifError("cmdline must be a string")
+    if "\0" in cmdline:
+        raise EifError(f"cmdline contains a NUL character at position {cmdline.index(chr(0))}")
+    ramdisks = list(ramdisks)
+    if not ramdisks:
+        raise EifError("at least one ramdisk is needed")
+    signed = signing_certificate is not None or private_key is not None
+    if signed and (signing_certificate is None or private_key is None):
+        raise EifError("signing needs both a signing certificate and a private key")
+    if len(ramdisks) > MAX_RAMDISKS - signed:
+        raise EifError(f"{len(ramdisks)} ramdisks: an EIF holds at most "
+                       f"{MAX_RAMDISKS - signed}{' when signed' if signed else ''}")
+    signer = _load_signer(signing_certificate, private_key) if signed else None
+
+    identity = Metadata(
+        image_name=name if name is not None else os.path.basename(os.fspath(kernel)),
+        image_version=version if version is not None else "1.0",
+        build=BuildInfo(build_time if build_time is not None else rfc3339_now(),
+                        build_tool, build_tool_version, operating_system, kernel_version),
+        docker_info=docker_info, custom_metadata=metadata)
+    for field, value in (("name", identity.image_name), ("version", identity.image_version),
+                         ("build_time", identity.build.build_time)):
+        if not isinstance(value, str):
+            raise EifError(f"{field} must be a string")
+    cmdline_bytes = cmdline.encode("utf-8")
+    metadata_bytes = identity.to_bytes()
+
+    inputs: list[tuple[BinaryIO, int, str]] = []
+    try:
+        for path in [kernel, *ramdisks]:
+            inputs.append(_open_input(path))
+        return _write(os.fspath(output), inputs, cmdline_bytes, metadata_bytes, ARCHES[arch],
+                      signer, threaded)
+    finally:
+        for file, _, _ in inputs:
+            file.close()
+
+
+def _load_signer(certificate_path: str | os.PathLike, key_path: str | os.PathLike
+                 ) -> tuple[bytes, object]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    with open(certificate_path, "rb") as file:
+        pem = file.read(1 << 20)
+    with open(key_path, "rb") as file:
+        key_bytes = file.read(1 << 20)
+    try:
+        certificate = x509.load_pem_x509_certificate(pem)
+    except ValueError as error:
+        raise EifError(f"{os.fspath(certificate_path)}: not a PEM X.509 certificate: "
+                       f"{error}") from None
+    try:
+        key = serialization.load_pem_private_key(key_bytes, password=None)
+    except (ValueError, TypeError) as error:
+        raise EifError(f"{os.fspath(key_path)}: not an unencrypted PEM private key: "
+                       f"{error}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise EifError(f"{os.fspath(key_path)}: only EC keys (P-256, P-384, P-521) can "
+                       "sign an EIF")
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if certificate.public_key().public_bytes(der, public) != \
+            key.public_key().public_bytes(der, public):
+        raise EifError(f"{os.fspath(key_path)}: private key does not match the signing "
+                       f"certificate {os.fspath(certificate_path)}")
+    return pem, key
+
+
+def _open_input(path: str | os.PathLike) -> tuple[BinaryIO, int, str]:
+    name = os.fspath(path)
+    file = open(name, "rb")
+    info = os.fstat(file.fileno())
+    if not stat.S_ISREG(info.st_mode):
+        file.close()
+        raise EifError(f"{name}: not a regular file")
+    return file, info.st_size, name
+
+
+def _write(output: str, inputs: list[tuple[BinaryIO, int, str]], cmdline: bytes,
+           metadata: bytes, flags: int, signer: tuple[bytes, object] | None,
+           threaded: bool | None) -> Measurements:
+    kernel, ramdisks = inputs[0], inputs[1:]
+    # (type, size, source) in file order; the signature section is appended at the end.
+    plan: list[tuple[SectionType, int, object]] = [
+        (SectionType.KERNEL, kernel[1], kernel),
+        (SectionType.CMDLINE, len(cmdline), cmdline),
+        (SectionType.METADATA, len(metadata), metadata),
+        *((SectionType.RAMDISK, r[1], r) for r in ramdisks),
+    ]
+    total = sum(size for _, size, _ in plan)
+    if threaded is None:
+        threaded = total >= THREAD_THRESHOLD
+    directory = os.path.dirname(os.path.abspath(output))
+    descriptor, temporary = tempfile.mkstemp(prefix=".eif-", dir=directory)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            measurements, crc, body, sizes = _write_sections(out, plan, threaded, signer)
+            offsets, position = [], HEADER_SIZE
+            for size in sizes:
+                offsets.append(position)
+                position += SECTION_HEADER_SIZE + size
+            header = layout.pack_header(version=layout.CURRENT_VERSION, flags=flags,
+                                        num_sections=len(sizes), offsets=offsets,
+                                        sizes=sizes, crc=0)
+            crc = crc32_combine(zlib.crc32(header[:layout.CRC_OFFSET]), crc, body)
+            out.seek(0)
+            out.write(header[:layout.CRC_OFFSET] + crc.to_bytes(4, "big"))
+        os.chmod(temporary, 0o644 & ~_umask())
+        os.replace(temporary, output)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+    return measurements
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _write_sections(out: BinaryIO, plan: list, threaded: bool,
+                    signer: tuple[bytes, object] | None
+                    ) -> tuple[Measurements, int, int, list[int]]:
+    """Write every section after a placeholder header; returns the measurements, the CRC
+    of the section bytes alone, their length and the data sizes in order."""
+    out.write(bytes(HEADER_SIZE))
+    measurer = Measurer(0, threaded)
+    pool = ChunkPool() if threaded else ChunkPool(count=1)
+    body = 0
+    try:
+        for kind, size, source in plan:
+            section_header = layout.pack_section_header(kind, size)
+            out.write(section_header)
+            measurer.header(section_header)
+            measurer.begin(kind)
+            if isinstance(source, bytes):
+                out.write(source)
+                measurer.data(source)
+            else:
+                _copy(source, out, measurer, pool)
+            body += SECTION_HEADER_SIZE + size
+    finally:
+        measurer.close()
+    crc, measurements = measurer.finish()
+    sizes = [size for _, size, _ in plan]
+    if signer is not None:
+        pem, key = signer
+        section = sign_pcr0(measurements.pcr0, pem, key)
+        section_header = layout.pack_section_header(SectionType.SIGNATURE, len(section))
+        out.write(section_header + section)
+        crc = zlib.crc32(section, zlib.crc32(section_header, crc))
+        body += SECTION_HEADER_SIZE + len(section)
+        sizes.append(len(section))
+        measurements = Measurements(measurements.pcr0, measurements.pcr1, measurements.pcr2,
+                                    pcr8_from_certificate(pem))
+    return measurements, crc, body, sizes
+
+
+def _copy(source: tuple[BinaryIO, int, str], out: BinaryIO, measurer: Measurer,
+          pool: ChunkPool) -> None:
+    file, size, name = source
+    remaining = size
+    while remaining:
+        chunk = pool.take()
+        n = file.readinto(chunk.view[:min(remaining, len(chunk.array))])
+        if not n:
+            chunk.hold(1)
+            chunk.release()
+            raise EifError(f"{name}: file shrank while being read ({remaining} bytes missing)")
+        out.write(chunk.view[:n])
+        measurer.data(chunk.view[:n], chunk)
+        remaining -= n
+    if file.read(1):
+        raise EifError(f"{name}: file grew while being read")

@@ -1,0 +1,326 @@
+"""Read and validate an EIF: `read_eif(path) -> EifImage` (spec eif.md §2-§10).
+
+Stricter than both nitro-cli and QEMU, so that every file it accepts is read the same
+way by both: magic, a supported version, known header flags, zero reserved fields,
+1..32 sections laid out back to back from offset 548 exactly as the offset/size table
+says, nothing after the last one, zeroed unused table slots, known section types with
+zero flags and sizes matching the table, exactly one kernel and one cmdline, at least one
+ramdisk, at most one metadata and one signature section, a cmdline without NUL, valid
+metadata JSON and a well-formed signature section. A CRC mismatch is not an error (as in
+nitro-cli): `crc_ok` reports it. Every other problem raises EifError naming the place.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from eif import layout
+from eif.errors import EifError
+from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
+from eif.metadata import Metadata, parse_metadata
+from eif.pcr import Measurements
+from eif.signature import ParsedSignature, check_signature, parse_section
+from eif.stream import CHUNK_SIZE, THREAD_THRESHOLD, ChunkPool, Measurer
+
+# Sections read whole into memory are capped so a hostile file cannot exhaust it.
+MAX_CMDLINE = 1 << 20
+MAX_METADATA = 64 << 20
+MAX_SIGNATURE = 16 << 20
+_IN_MEMORY_LIMITS = {SectionType.CMDLINE: MAX_CMDLINE, SectionType.METADATA: MAX_METADATA,
+                     SectionType.SIGNATURE: MAX_SIGNATURE}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section: its index in the header table, type, and where its data lies."""
+
+    index: int
+    type: SectionType
+    header_offset: int  # file offset of the 12-byte section header
+    offset: int         # file offset of the data
+    size: int           # data length
+
+    def describe(self) -> str:
+        return f"section {self.index} ({self.type.label}, header at offset {self.header_offset})"
+
+
+class EifImage:
+    """A validated EIF. Section data stays in the file; `read_kernel()` and
+    `read_ramdisks()` fetch it (checking the file did not change meanwhile)."""
+
+    def __init__(self, path: str, header: dict, sections: tuple[Section, ...], cmdline: bytes,
+                 crc: int, measurements: Measurements, metadata: Metadata | None,
+                 signature: ParsedSignature | None, signature_check: bool | None,
+                 signature_problem: str | None, identity: tuple[int, int, int, int]) -> None:
+        self.path = path
+        self.version: int = header["version"]
+        self.flags: int = header["flags"]
+        self.arch = "aarch64" if self.flags & layout.FLAG_ARCH_AARCH64 else "x86_64"
+        self.default_mem: int = header["default_mem"]
+        self.default_cpus: int = header["default_cpus"]
+        self.sections = sections
+        self.kernel_section = next(s for s in sections if s.type == SectionType.KERNEL)
+        self.cmdline_section = next(s for s in sections if s.type == SectionType.CMDLINE)
+        self.ramdisk_sections = tuple(s for s in sections if s.type == SectionType.RAMDISK)
+        self.metadata_section = next((s for s in sections if s.type == SectionType.METADATA),
+                                     None)
+        self.signature_section = next(
+            (s for s in sections if s.type == SectionType.SIGNATURE), None)
+        self.cmdline_bytes = cmdline
+        self.cmdline = cmdline.decode("utf-8")
+        self.crc_stored: int = header["eif_crc32"]
+        self.crc_computed = crc
+        self.crc_ok = crc == self.crc_stored
+        self.measurements = measurements
+        self.metadata = metadata
+        self.signature = signature
+        self.signing_certificate_pem = signature.certificate_pem if signature else None
+        self.signature_check = signature_check
+        self.signature_problem = signature_problem
+        self.file_size = identity[0]
+        self._identity = identity
+
+    @property
+    def is_signed(self) -> bool:
+        return self.signature is not None
+
+    @property
+    def ramdisks_size(self) -> int:
+        return sum(s.size for s in self.ramdisk_sections)
+
+    def __repr__(self) -> str:
+        return (f"EifImage({self.path!r}, v{self.version}, {self.arch}, "
+                f"{len(self.sections)} sections, crc_ok={self.crc_ok})")
+
+    def _open_unchanged(self) -> BinaryIO:
+        file = open(self.path, "rb")
+        info = os.fstat(file.fileno())
+        if _identity(info) != self._identity:
+            file.close()
+            raise EifError(f"{self.path}: the file changed since it was validated")
+        return file
+
+    def read_kernel(self) -> bytes:
+        """The kernel section's data (bzImage or arm64 Image)."""
+        with self._open_unchanged() as file:
+            return _read_exact(file, self.kernel_section.offset, self.kernel_section.size,
+                               self.path)
+
+    def read_ramdisks(self) -> bytes:
+        """All ramdisk sections joined in order: the initrd the loader boots."""
+        buffer = bytearray(self.ramdisks_size)
+        self.read_ramdisks_into(memoryview(buffer))
+        return bytes(buffer)
+
+    def read_ramdisks_into(self, target: memoryview) -> int:
+        """Copy all ramdisks, joined in order, to the start of `target` (e.g. a view of
+        guest RAM) without an intermediate copy; returns the number of bytes."""
+        total = self.ramdisks_size
+        if len(target) < total:
+            raise EifError(f"{self.path}: ramdisks need {total} bytes, target has {len(target)}")
+        position = 0
+        with self._open_unchanged() as file:
+            for section in self.ramdisk_sections:
+                file.seek(section.offset)
+                end = position + section.size
+                while position < end:
+                    n = file.readinto(target[position:min(end, position + CHUNK_SIZE)])
+                    if not n:
+                        raise EifError(f"{self.path}: file shrank while reading "
+                                       f"{section.describe()}")
+                    position += n
+        return total
+
+
+def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    return (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
+
+
+def _read_exact(file: BinaryIO, offset: int, size: int, path: str) -> bytes:
+    file.seek(offset)
+    data = file.read(size)
+    if len(data) != size:
+        raise EifError(f"{path}: file shrank: wanted {size} bytes at offset {offset}")
+    return data
+
+
+def read_eif(path: str | os.PathLike, *, threaded: bool | None = None) -> EifImage:
+    """Validate the EIF at `path`, hash it in one pass and return it (EifError if invalid).
+
+    `threaded` forces hashing on worker threads (True) or inline (False); by default
+    files above a few MiB use threads."""
+    path = os.fspath(path)
+    try:
+        file = open(path, "rb")
+    except OSError as error:
+        raise EifError(f"cannot open EIF {path}: {error.strerror or error}") from None
+    with file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise EifError(f"{path}: not a regular file")
+        try:
+            return _read(file, path, info, threaded)
+        except OSError as error:
+            raise EifError(f"{path}: read error: {error.strerror or error}") from None
+
+
+def _read(file: BinaryIO, path: str, info: os.stat_result,
+          threaded: bool | None) -> EifImage:
+    size = info.st_size
+    raw_header = file.read(HEADER_SIZE)
+    if len(raw_header) < HEADER_SIZE:
+        raise EifError(f"{path}: {len(raw_header)} bytes, too short for the "
+                       f"{HEADER_SIZE}-byte EIF header")
+    header = layout.HEADER.parse(raw_header)
+    _check_header(header, path)
+    sections = _check_table(header, size, path)
+    for section in sections:
+        _check_section_header(file, section, path)
+    _check_counts(sections, path)
+
+    if threaded is None:
+        threaded = size >= THREAD_THRESHOLD
+    measurer = Measurer(zlib.crc32(raw_header[:layout.CRC_OFFSET]), threaded)
+    kept: dict[SectionType, bytes] = {}
+    pool = ChunkPool() if threaded else ChunkPool(count=1)
+    try:
+        for section in sections:
+            measurer.header(_read_exact(file, section.header_offset, SECTION_HEADER_SIZE,
+                                        path))
+            measurer.begin(section.type)
+            if section.type in _IN_MEMORY_LIMITS:
+                data = _read_exact(file, section.offset, section.size, path)
+                kept[section.type] = data
+                measurer.data(data)
+            else:
+                _stream(file, section, measurer, pool, path)
+    finally:
+        measurer.close()
+    crc, measurements = measurer.finish()
+
+    cmdline_section = next(s for s in sections if s.type == SectionType.CMDLINE)
+    cmdline = kept[SectionType.CMDLINE]
+    if b"\0" in cmdline:
+        raise EifError(f"{path}: {cmdline_section.describe()}: NUL byte at position "
+                       f"{cmdline.index(0)} of the command line")
+    try:
+        cmdline.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise EifError(f"{path}: {cmdline_section.describe()}: command line is not UTF-8 "
+                       f"(byte {error.start})") from None
+
+    metadata = None
+    if SectionType.METADATA in kept:
+        where = next(s for s in sections if s.type == SectionType.METADATA).describe()
+        metadata = parse_metadata(kept[SectionType.METADATA], f"{path}: {where}")
+
+    signature, check, problem = None, None, None
+    if SectionType.SIGNATURE in kept:
+        where = next(s for s in sections if s.type == SectionType.SIGNATURE).describe()
+        signature = parse_section(kept[SectionType.SIGNATURE], f"{path}: {where}")
+        measurements = Measurements(measurements.pcr0, measurements.pcr1, measurements.pcr2,
+                                    signature.pcr8)
+        check, problem = check_signature(signature, measurements.pcr0)
+
+    return EifImage(path, header, sections, cmdline, crc, measurements, metadata, signature,
+                    check, problem, _identity(info))
+
+
+def _stream(file: BinaryIO, section: Section, measurer: Measurer, pool: ChunkPool,
+            path: str) -> None:
+    file.seek(section.offset)
+    remaining = section.size
+    while remaining:
+        chunk = pool.take()
+        want = min(remaining, len(chunk.array))
+        n = file.readinto(chunk.view[:want])
+        if not n:
+            chunk.hold(1)
+            chunk.release()
+            raise EifError(f"{path}: file shrank while reading {section.describe()}")
+        remaining -= n
+        measurer.data(chunk.view[:n], chunk)
+
+
+def _check_header(header: dict, path: str) -> None:
+    if header.magic != layout.MAGIC:
+        raise EifError(f"{path}: not an EIF: magic at offset 0 is {bytes(header.magic)!r}, "
+                       f"expected {layout.MAGIC!r}")
+    if header.version not in layout.SUPPORTED_VERSIONS:
+        raise EifError(f"{path}: unsupported EIF version {header.version} at offset 4 "
+                       f"(supported: {', '.join(map(str, layout.SUPPORTED_VERSIONS))})")
+    if header.flags & ~layout.KNOWN_HEADER_FLAGS:
+        raise EifError(f"{path}: unknown header flags 0x{header.flags:04x} at offset 6")
+    if header.reserved:
+        raise EifError(f"{path}: reserved header field at offset 24 is {header.reserved}, "
+                       "expected 0")
+    if header.unused:
+        raise EifError(f"{path}: unused header field at offset 540 is {header.unused}, "
+                       "expected 0")
+    if not 1 <= header.num_sections <= layout.MAX_NUM_SECTIONS:
+        raise EifError(f"{path}: header (offset 26) says {header.num_sections} sections; "
+                       f"an EIF has 1 to {layout.MAX_NUM_SECTIONS}")
+
+
+def _check_table(header: dict, file_size: int, path: str) -> tuple[Section, ...]:
+    """Sections as the header table lists them, which must tile the file exactly."""
+    count = header.num_sections
+    offsets, sizes = header.section_offsets, header.section_sizes
+    for i in range(count, layout.MAX_NUM_SECTIONS):
+        if offsets[i] or sizes[i]:
+            raise EifError(f"{path}: header table slot {i} is unused (num_sections = "
+                           f"{count}) but holds offset {offsets[i]}, size {sizes[i]}")
+    sections = []
+    expected = HEADER_SIZE
+    for i in range(count):
+        if offsets[i] != expected:
+            raise EifError(f"{path}: header table: section {i} at offset {offsets[i]}, "
+                           f"expected {expected} (sections follow each other with no gap)")
+        data_end = expected + SECTION_HEADER_SIZE + sizes[i]
+        if data_end > file_size:
+            raise EifError(f"{path}: section {i} (offset {expected}, {sizes[i]} bytes of "
+                           f"data) ends at {data_end}, past the end of the "
+                           f"{file_size}-byte file")
+        sections.append(Section(i, SectionType.INVALID, expected,
+                                expected + SECTION_HEADER_SIZE, sizes[i]))
+        expected = data_end
+    if expected != file_size:
+        raise EifError(f"{path}: {file_size - expected} bytes after the last section "
+                       f"(which ends at offset {expected})")
+    return tuple(sections)
+
+
+def _check_section_header(file: BinaryIO, section: Section, path: str) -> None:
+    raw = _read_exact(file, section.header_offset, SECTION_HEADER_SIZE, path)
+    parsed = layout.SECTION_HEADER.parse(raw)
+    where = f"{path}: section {section.index} (header at offset {section.header_offset})"
+    try:
+        kind = SectionType(parsed.section_type)
+    except ValueError:
+        raise EifError(f"{where}: unknown section type {parsed.section_type}") from None
+    if kind == SectionType.INVALID:
+        raise EifError(f"{where}: invalid section type 0")
+    if parsed.flags:
+        raise EifError(f"{where}: section flags are 0x{parsed.flags:04x}, expected 0")
+    if parsed.section_size != section.size:
+        raise EifError(f"{where}: size {parsed.section_size} differs from the header "
+                       f"table's {section.size}")
+    if kind in _IN_MEMORY_LIMITS and section.size > _IN_MEMORY_LIMITS[kind]:
+        raise EifError(f"{where}: {kind.label} section of {section.size} bytes exceeds the "
+                       f"limit of {_IN_MEMORY_LIMITS[kind]}")
+    object.__setattr__(section, "type", kind)
+
+
+def _check_counts(sections: tuple[Section, ...], path: str) -> None:
+    for kind, low, high in ((SectionType.KERNEL, 1, 1), (SectionType.CMDLINE, 1, 1),
+                            (SectionType.RAMDISK, 1, layout.MAX_NUM_SECTIONS),
+                            (SectionType.METADATA, 0, 1), (SectionType.SIGNATURE, 0, 1)):
+        found = [s.index for s in sections if s.type == kind]
+        if len(found) < low:
+            raise EifError(f"{path}: no {kind.label} section")
+        if len(found) > high:
+            raise EifError(f"{path}: {len(found)} {kind.label} sections (at indexes "
+                           f"{', '.join(map(str, found))}); at most {high} allowed")
