@@ -1,0 +1,165 @@
+"""Builds the guest images: `python -m guest.build --out build/guest [--only NAME ...]`.
+
+For each image: the kernel of its profile (guest/kernel.py), the static programs
+(guest/programs.py), the bootstrap and application ramdisks (guest/images.py) and the
+EIF (the project's `eif` package). Finished outputs are cached under
+~/.cache/nitro-emu/images/<hash of guest/>/, so a second run only copies files.
+
+Written to --out: <name>.eif, <name>/bzImage, <name>/initrd.cpio (both ramdisks joined,
+what a boot loader hands the kernel), <name>/ramdisk-1.cpio, <name>/ramdisk-2.cpio,
+<name>/cmdline, <profile>/bzImage, and manifest.json (sizes, PCRs, paths).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from guest import images as img
+from guest.env import BUILD_TIME, GUEST_DIR, SOURCE_DATE_EPOCH, cache_root, hash_tree
+from guest.errors import GuestBuildError
+from guest.kernel import build_kernel
+from guest.programs import build_programs
+
+EIF_VERSION_NAME = "nitro-emu-guest"
+
+
+def images_key() -> str:
+    """Cache key of finished images: every file under guest/ (plus the busybox binary)."""
+    bb = img.BUSYBOX.read_bytes() if img.BUSYBOX.is_file() else b""
+    return hash_tree(GUEST_DIR, hashlib.sha256(bb).digest())
+
+
+def _eif_builder():
+    try:
+        from eif import build_eif
+    except ImportError:
+        return None
+    return build_eif
+
+
+def write_eif(out: Path, kernel: Path, cmdline: str, ramdisks: list[Path], name: str) -> dict:
+    """Write the EIF with the project's eif package; returns its PCRs as hex strings."""
+    build_eif = _eif_builder()
+    if build_eif is None:
+        raise GuestBuildError(f"cannot write {out.name}: eif.build_eif is not available")
+    m = build_eif(out, kernel=kernel, cmdline=cmdline, ramdisks=ramdisks, name=name,
+                  version="1.0", build_time=BUILD_TIME)
+    return _pcrs_of(m)
+
+
+def _pcrs_of(m) -> dict:
+    """Measurements → {"PCR0": hex, ...}, whatever shape the eif package returns."""
+    if isinstance(m, dict):
+        items = m.items()
+    elif hasattr(m, "as_dict"):
+        items = m.as_dict().items()
+    else:
+        items = ((k, getattr(m, k)) for k in ("pcr0", "pcr1", "pcr2", "pcr8") if hasattr(m, k))
+    out = {}
+    for k, v in items:
+        if v is None or k in ("HashAlgorithm", "hash_algorithm"):
+            continue
+        key = str(k).upper()
+        out[key] = v.hex() if isinstance(v, (bytes, bytearray)) else str(v)
+    return out
+
+
+def build_image(image: img.Image, stage: Path, programs: dict[str, Path], log=print) -> dict:
+    """Build one image's files into `stage`; returns its manifest entry."""
+    kernel = build_kernel(image.kernel, log=log)
+    d = stage / image.name
+    d.mkdir(parents=True, exist_ok=True)
+    r1 = img.bootstrap_ramdisk(programs["init"], SOURCE_DATE_EPOCH)
+    r2 = img.application_ramdisk(image, programs, SOURCE_DATE_EPOCH)
+    (d / "ramdisk-1.cpio").write_bytes(r1)
+    (d / "ramdisk-2.cpio").write_bytes(r2)
+    (d / "initrd.cpio").write_bytes(r1 + r2)
+    (d / "cmdline").write_text(img.AWS_CMDLINE)
+    shutil.copyfile(kernel, d / "bzImage")
+    entry = {"kernel": image.kernel, "cmd": list(image.cmd), "cmdline": img.AWS_CMDLINE}
+    if _eif_builder() is None:
+        log(f"image {image.name}: eif.build_eif not available, EIF not written")
+        return entry
+    eif = stage / f"{image.name}.eif"
+    pcrs = write_eif(eif, d / "bzImage", img.AWS_CMDLINE,
+                     [d / "ramdisk-1.cpio", d / "ramdisk-2.cpio"], f"{EIF_VERSION_NAME}-{image.name}")
+    entry.update(eif=f"{image.name}.eif", size=eif.stat().st_size, pcrs=pcrs)
+    return entry
+
+
+def build(out: Path, only: list[str] | None = None, log=print) -> dict:
+    """Build the selected images (all by default) into `out`; returns the manifest."""
+    names = only or list(img.IMAGES)
+    unknown = [n for n in names if n not in img.IMAGES]
+    if unknown:
+        raise GuestBuildError(f"unknown image(s) {', '.join(unknown)}; known: {', '.join(img.IMAGES)}")
+    cache = cache_root() / "images" / images_key()
+    cache.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = cache / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    missing = [n for n in names if n not in manifest]
+    partial: dict[str, dict] = {}
+    if missing:
+        programs = build_programs(log)
+        for n in missing:
+            t0 = time.monotonic()
+            stage = cache / ".stage"
+            shutil.rmtree(stage, ignore_errors=True)
+            stage.mkdir(parents=True)
+            entry = build_image(img.IMAGES[n], stage, programs, log)
+            if "eif" not in entry:
+                # Without an EIF the image is incomplete: hand out its parts, cache nothing.
+                shutil.copytree(stage / n, out / n, dirs_exist_ok=True)
+                (out / entry["kernel"]).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(stage / n / "bzImage", out / entry["kernel"] / "bzImage")
+                partial[n] = entry
+                continue
+            shutil.rmtree(cache / n, ignore_errors=True)
+            (stage / n).rename(cache / n)
+            (stage / f"{n}.eif").replace(cache / f"{n}.eif")
+            shutil.rmtree(stage)
+            manifest[n] = entry
+            manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            log(f"image {n}: {entry['size']} bytes, PCR0 {entry['pcrs'].get('PCR0', '?')} "
+                f"({time.monotonic() - t0:.1f} s)")
+    out.mkdir(parents=True, exist_ok=True)
+    if partial:
+        raise GuestBuildError(
+            f"eif.build_eif is not available: wrote kernels and ramdisks of "
+            f"{', '.join(partial)} into {out} but no EIF files")
+    for n in names:
+        shutil.copyfile(cache / f"{n}.eif", out / f"{n}.eif")
+        shutil.copytree(cache / n, out / n, dirs_exist_ok=True)
+        prof = out / manifest[n]["kernel"]
+        prof.mkdir(exist_ok=True)
+        shutil.copyfile(cache / n / "bzImage", prof / "bzImage")
+    out_manifest = out / "manifest.json"
+    old = json.loads(out_manifest.read_text()) if out_manifest.is_file() else {}
+    old.update({n: manifest[n] for n in names})
+    out_manifest.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+    return {n: manifest[n] for n in names}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m guest.build", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("build/guest"), help="output directory")
+    p.add_argument("--only", nargs="+", metavar="NAME", help=f"images to build ({', '.join(img.IMAGES)})")
+    args = p.parse_args(argv)
+    try:
+        result = build(args.out, args.only)
+    except GuestBuildError as e:
+        print(f"guest build: {e}", file=sys.stderr)
+        return 1
+    for n, e in result.items():
+        print(f"{args.out / e['eif']}: {e['size']} bytes, PCR0 {e['pcrs'].get('PCR0', '?')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

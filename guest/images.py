@@ -1,0 +1,92 @@
+"""The guest images: what each one runs, and how its two ramdisks are laid out.
+
+Layout as nitro-cli writes it: ramdisk 1 (bootstrap) holds `dev/` and `init`; ramdisk 2
+(application) holds `rootfs/` (busybox-static, our test programs, the standard empty
+directories), `cmd` (one argv element per line) and `env` (KEY=value per line).
+"""
+from __future__ import annotations
+
+import stat
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from guest import cpio
+from guest.errors import GuestBuildError
+
+# AWS's x86_64 enclave command line (blobs/x86_64/cmdline), exactly (eif.md §4.1).
+AWS_CMDLINE = ("reboot=k panic=30 pci=off nomodules console=ttyS0 i8042.noaux i8042.nomux "
+               "i8042.nopnp i8042.dumbkbd random.trust_cpu=on")
+BUSYBOX = Path("/bin/busybox")
+HELLO_LINE = "Hello from the enclave side!"
+DEFAULT_ENV = ("PATH=/sbin:/usr/sbin:/bin:/usr/bin", "HOME=/root", "TERM=linux")
+TEST_PROGRAMS = ("nsm", "vsock-echo", "vsock-send", "vsock-recv", "sysbench-lite")
+
+
+@dataclass(frozen=True)
+class Image:
+    """One EIF: its name, kernel profile, and the command init runs in /rootfs."""
+
+    name: str
+    kernel: str
+    cmd: tuple[str, ...]
+    env: tuple[str, ...] = field(default=DEFAULT_ENV)
+
+
+IMAGES = {
+    "hello": Image("hello", "tiny", ("echo", HELLO_LINE)),
+    "echo": Image("echo", "tiny", ("vsock-echo", "5000")),
+    "attest": Image("attest", "tiny", (
+        "sh", "-c",
+        "nsm describe-nsm && nsm attest --nonce 00112233 --user-data 68656c6c6f")),
+    # cttyhack makes the real console tty (ttyS0) the shell's controlling terminal.
+    "shell": Image("shell", "tiny", ("cttyhack", "sh")),
+    "sysbench": Image("sysbench", "tiny", ("sysbench-lite",)),
+    "hello-aws": Image("hello-aws", "aws", ("echo", HELLO_LINE)),
+}
+
+
+def _check_lines(what: str, items: tuple[str, ...]) -> None:
+    for s in items:
+        if "\n" in s or "\0" in s:
+            raise GuestBuildError(f"{what} element {s!r} contains a newline or NUL")
+
+
+def bootstrap_ramdisk(init: Path, mtime: int) -> bytes:
+    """Ramdisk 1: dev/ (with a console node for the kernel's first open) and init."""
+    return cpio.newc_archive([
+        cpio.directory("dev"),
+        cpio.chardev("dev/console", 5, 1),
+        cpio.file("init", init.read_bytes(), 0o755),
+    ], mtime)
+
+
+def busybox_entries() -> list[cpio.Entry]:
+    """rootfs/bin/busybox and one symlink per applet at busybox's own install paths."""
+    if not BUSYBOX.is_file():
+        raise GuestBuildError(f"{BUSYBOX} is missing: install Debian's busybox-static")
+    r = subprocess.run([str(BUSYBOX), "--list-full"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise GuestBuildError(f"{BUSYBOX} --list-full failed: {r.stderr.strip()}")
+    entries = [cpio.file("rootfs/bin/busybox", BUSYBOX.read_bytes(), 0o755)]
+    for applet in sorted(set(r.stdout.split())):
+        if applet != "bin/busybox":
+            entries.append(cpio.symlink(f"rootfs/{applet}", "/bin/busybox"))
+    return entries
+
+
+def application_ramdisk(image: Image, programs: dict[str, Path], mtime: int) -> bytes:
+    """Ramdisk 2: rootfs/ with busybox and the test programs, plus cmd and env."""
+    _check_lines(f"image {image.name}: cmd", image.cmd)
+    _check_lines(f"image {image.name}: env", image.env)
+    entries = busybox_entries()
+    for d in ("dev", "run", "sys", "var", "proc", "root", "etc"):
+        entries.append(cpio.directory(f"rootfs/{d}"))
+    entries.append(cpio.Entry("rootfs/tmp", stat.S_IFDIR | 0o1777))
+    entries.append(cpio.file("rootfs/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"))
+    entries.append(cpio.file("rootfs/etc/group", b"root:x:0:\n"))
+    for name in TEST_PROGRAMS:
+        entries.append(cpio.file(f"rootfs/bin/{name}", programs[name].read_bytes(), 0o755))
+    entries.append(cpio.file("cmd", "".join(s + "\n" for s in image.cmd).encode()))
+    entries.append(cpio.file("env", "".join(s + "\n" for s in image.env).encode()))
+    return cpio.newc_archive(entries, mtime)
