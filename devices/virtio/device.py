@@ -49,3 +49,19 @@ class VirtioDevice(ABC):
 
     def reset(self) -> None:
         """The driver reset the device: drop all state tied to the queues."""
+
+    # -- set by the transport ---------------------------------------------------------
+
+    _error_handler: Callable[[Exception], None] | None = None
+
+    def set_error_handler(self, handler: Callable[[Exception], None] | None) -> None:
+        """The transport's hook for errors found outside its own calls (see report_error)."""
+        self._error_handler = handler
+
+    def report_error(self, error: Exception) -> None:
+        """Report malformed guest data found while working outside `notify` (e.g. in a
+        host-I/O callback): the transport sets DEVICE_NEEDS_RESET and logs it. Without a
+        transport the error is raised."""
+        if self._error_handler is None:
+            raise error
+        self._error_handler(error)
