@@ -95,10 +95,8 @@ def _load_signer(certificate_path: str | os.PathLike, key_path: str | os.PathLik
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    with open(certificate_path, "rb") as file:
-        pem = file.read(1 << 20)
-    with open(key_path, "rb") as file:
-        key_bytes = file.read(1 << 20)
+    pem = _read_small(certificate_path)
+    key_bytes = _read_small(key_path)
     try:
         certificate = x509.load_pem_x509_certificate(pem)
     except ValueError as error:
@@ -121,9 +119,19 @@ def _load_signer(certificate_path: str | os.PathLike, key_path: str | os.PathLik
     return pem, key
 
 
+def _read_small(path: str | os.PathLike) -> bytes:
+    """A PEM file (at most 1 MiB is read)."""
+    file, _, _ = _open_input(path)
+    with file:
+        return file.read(1 << 20)
+
+
 def _open_input(path: str | os.PathLike) -> tuple[BinaryIO, int, str]:
     name = os.fspath(path)
-    file = open(name, "rb")
+    try:
+        file = open(name, "rb")
+    except OSError as error:
+        raise EifError(f"cannot read {name}: {error.strerror or error}") from None
     info = os.fstat(file.fileno())
     if not stat.S_ISREG(info.st_mode):
         file.close()
