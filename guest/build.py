@@ -53,20 +53,10 @@ def write_eif(out: Path, kernel: Path, cmdline: str, ramdisks: list[Path], name:
 
 
 def _pcrs_of(m) -> dict:
-    """Measurements → {"PCR0": hex, ...}, whatever shape the eif package returns."""
-    if isinstance(m, dict):
-        items = m.items()
-    elif hasattr(m, "as_dict"):
-        items = m.as_dict().items()
-    else:
-        items = ((k, getattr(m, k)) for k in ("pcr0", "pcr1", "pcr2", "pcr8") if hasattr(m, k))
-    out = {}
-    for k, v in items:
-        if v is None or k in ("HashAlgorithm", "hash_algorithm"):
-            continue
-        key = str(k).upper()
-        out[key] = v.hex() if isinstance(v, (bytes, bytearray)) else str(v)
-    return out
+    """eif.Measurements → {"PCR0": hex, "PCR1": hex, "PCR2": hex}."""
+    d = m.to_json_dict()
+    d.pop("HashAlgorithm", None)
+    return d
 
 
 def build_image(image: img.Image, stage: Path, programs: dict[str, Path], log=print) -> dict:

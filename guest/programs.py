@@ -40,20 +40,26 @@ def programs_key() -> str:
     return hash_files(sources, b"|".join([_toolchain_id(), " ".join(CFLAGS).encode()]))
 
 
-def build_programs(log=print) -> dict[str, Path]:
-    """Compile (or take from the cache) every program; returns name -> binary path."""
-    out = cache_root() / "programs" / programs_key()
-    done = out / ".done"
+def compile_programs(out: Path) -> dict[str, Path]:
+    """Compile every program into directory `out` (no caching); returns name -> path."""
+    out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in PROGRAMS}
-    if done.is_file():
-        return paths
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     for name, src in PROGRAMS.items():
         cmd = ["gcc", *CFLAGS, "-o", str(paths[name]), str(GUEST_DIR / src)]
         r = subprocess.run(cmd, capture_output=True, text=True, env=pinned_env())
         if r.returncode != 0:
             raise GuestBuildError(f"compiling {src} failed:\n{r.stderr.strip()}")
+    return paths
+
+
+def build_programs(log=print) -> dict[str, Path]:
+    """Compile (or take from the cache) every program; returns name -> binary path."""
+    out = cache_root() / "programs" / programs_key()
+    done = out / ".done"
+    if done.is_file():
+        return {name: out / name for name in PROGRAMS}
+    shutil.rmtree(out, ignore_errors=True)
+    paths = compile_programs(out)
     done.write_text("ok\n")
     log(f"programs: compiled {', '.join(PROGRAMS)} into {out}")
     return paths

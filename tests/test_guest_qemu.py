@@ -1,0 +1,48 @@
+"""The guest images on a reference machine: QEMU's microvm boots hello.eif's kernel and
+joined ramdisks (as QEMU's nitro-enclave machine would) and the enclave prints its line.
+
+This checks the images independently of nitro-emu. Skipped only when QEMU is missing.
+"""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from eif import read_eif
+from guest.build import build
+from guest.images import HELLO_LINE
+
+QEMU = shutil.which("qemu-system-x86_64")
+# Not a timing check: only a bound so that a hung guest fails instead of blocking CI.
+HANG_LIMIT_S = 600
+
+
+@pytest.fixture(scope="module")
+def guest_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("guest")
+    build(out, ["hello"], log=lambda *_: None)
+    return out
+
+
+def boot(eif_path: Path, work: Path, machine: str = "microvm") -> subprocess.CompletedProcess:
+    image = read_eif(eif_path)
+    (work / "bzImage").write_bytes(image.read_kernel())
+    (work / "initrd").write_bytes(image.read_ramdisks())
+    cmd = [QEMU, "-M", machine, "-cpu", "qemu64,-apic", "-accel", "tcg", "-m", "512",
+           "-nographic", "-no-reboot", "-kernel", str(work / "bzImage"),
+           "-initrd", str(work / "initrd"),
+           "-append", image.cmdline + " nitro_emu.heartbeat=off"]
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=HANG_LIMIT_S)
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+def test_hello_boots_under_qemu_microvm(guest_dir, tmp_path):
+    r = boot(guest_dir / "hello.eif", tmp_path)
+    console = r.stdout.decode(errors="replace")
+    assert HELLO_LINE in console.splitlines() or (HELLO_LINE + "\r") in console.splitlines(), console[-3000:]
+    assert "init: heartbeat skipped" in console
+    assert "Kernel panic" not in console, console[-3000:]
+    # reboot(RB_AUTOBOOT) after the command: with -no-reboot QEMU exits by itself.
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
