@@ -13,9 +13,12 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import io
+import warnings
 import re
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import cbor2
@@ -32,6 +35,7 @@ COSE_SIGN1_TAG = 18
 ALG_ES384 = -35
 PCR_SIZES = {"SHA256": 32, "SHA384": 48, "SHA512": 64}
 CERT_MAX = 1024
+MAX_TIMESTAMP_MS = 253402300800000       # 10000-01-01, beyond what datetime represents
 OPTIONAL_MAX = 1024
 _DER = serialization.Encoding.DER
 _KNOWN_CRITICAL = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE}
@@ -104,7 +108,7 @@ def decode_document(document: bytes) -> tuple[bytes, bytes, bytes, dict[str, Any
     if isinstance(cose, cbor2.CBORTag):
         _require(cose.tag == COSE_SIGN1_TAG, f"document has CBOR tag {cose.tag}, not 18")
         cose = cose.value
-    _require(isinstance(cose, list) and len(cose) == 4,
+    _require(isinstance(cose, (list, tuple)) and len(cose) == 4,
              "document is not a COSE_Sign1 array of 4 elements")
     protected, unprotected, payload_bytes, signature = cose
     _require(isinstance(protected, bytes), "COSE protected header is not a byte string")
@@ -112,7 +116,7 @@ def decode_document(document: bytes) -> tuple[bytes, bytes, bytes, dict[str, Any
     _require(isinstance(header, dict) and header.get(1) == ALG_ES384,
              f"COSE algorithm is {header.get(1) if isinstance(header, dict) else header!r}, "
              "not ES384 (-35)")
-    _require(isinstance(unprotected, dict), "COSE unprotected header is not a map")
+    _require(isinstance(unprotected, Mapping), "COSE unprotected header is not a map")
     _require(isinstance(payload_bytes, bytes), "COSE payload is not a byte string")
     _require(isinstance(signature, bytes) and len(signature) == 96,
              "COSE signature is not 96 bytes (ES384 r||s)")
@@ -123,7 +127,8 @@ def decode_document(document: bytes) -> tuple[bytes, bytes, bytes, dict[str, Any
     digest = payload.get("digest")
     _require(digest in PCR_SIZES, f"payload: digest {digest!r} is not SHA256/SHA384/SHA512")
     timestamp = payload.get("timestamp")
-    _require(type(timestamp) is int and 0 < timestamp < 2**63, "payload: bad 'timestamp'")
+    _require(type(timestamp) is int and 0 < timestamp < MAX_TIMESTAMP_MS,
+             f"payload: timestamp {timestamp!r} is not milliseconds in years 1970..9999")
     pcrs = payload.get("pcrs")
     _require(isinstance(pcrs, dict) and 1 <= len(pcrs) <= 32,
              "payload: 'pcrs' is not a map of 1..32 entries")
@@ -146,7 +151,7 @@ def decode_document(document: bytes) -> tuple[bytes, bytes, bytes, dict[str, Any
 def _load_cert(der: bytes, what: str) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(der)
-    except ValueError as error:
+    except Exception as error:  # cryptography raises more than ValueError for bad DER
         raise VerificationError(f"{what} is not a DER certificate: {error}") from None
 
 
@@ -162,41 +167,53 @@ def _check_chain(leaf: x509.Certificate, cabundle: list[bytes],
     root_der = cabundle[0]
     anchor = next((r for r in roots if r.public_bytes(_DER) == root_der), None)
     if anchor is None:
-        got = _load_cert(root_der, "cabundle[0]").subject.rfc4514_string()
-        raise VerificationError(f"the document's root ({got}) is not the pinned root")
+        raise VerificationError(f"the document's root (SHA-256 {hashlib.sha256(root_der).hexdigest()}) "
+                                "is not the pinned root")
     inters = [_load_cert(der, f"cabundle[{i}]") for i, der in enumerate(cabundle)][1:]
     path = [leaf, *reversed(inters), anchor]          # leaf first, root last
     names = ["leaf certificate"] + [f"cabundle[{i}]" for i in range(len(inters), 0, -1)] + \
         ["root"]
-    for i, cert in enumerate(path):
-        name = names[i]
-        for ext in cert.extensions:
-            _require(not ext.critical or ext.oid in _KNOWN_CRITICAL,
-                     f"{name} has an unknown critical extension {ext.oid.dotted_string}")
-        _require(cert.not_valid_before_utc <= at <= cert.not_valid_after_utc,
-                 f"{name} ({cert.subject.rfc4514_string()}) is not valid at {at.isoformat()} "
-                 f"(valid {cert.not_valid_before_utc.isoformat()} to "
-                 f"{cert.not_valid_after_utc.isoformat()})")
-        if i + 1 < len(path):
-            try:
-                cert.verify_directly_issued_by(path[i + 1])
-            except (ValueError, TypeError, InvalidSignature) as error:
-                raise VerificationError(f"{name} is not signed by {names[i + 1]}: "
-                                        f"{error or 'bad signature'}") from None
-        bc = _extension(cert, x509.BasicConstraints)
-        ku = _extension(cert, x509.KeyUsage)
-        if i == 0:
-            _require(bc is None or not bc.ca, "the leaf certificate is a CA")
-            _require(ku is None or ku.digital_signature,
-                     "the leaf certificate may not sign (no digitalSignature key usage)")
-        else:
-            _require(bc is not None and bc.ca, f"{name} is not a CA certificate")
-            below = i - 1                      # CA certificates between it and the leaf
-            _require(bc.path_length is None or below <= bc.path_length,
-                     f"{name} allows {bc.path_length} CAs below it, has {below}")
-            _require(ku is None or ku.key_cert_sign,
-                     f"{name} may not sign certificates (no keyCertSign key usage)")
+    for i in range(len(path)):
+        try:
+            _check_link(path, names, i, at)
+        except VerificationError:
+            raise
+        except Exception as error:  # lazily parsed extensions, unsupported keys, ...
+            raise VerificationError(f"{names[i]} is malformed: {error}") from None
     return path
+
+
+def _check_link(path: list[x509.Certificate], names: list[str], i: int,
+                at: dt.datetime) -> None:
+    """Check path[i]: critical extensions, validity at `at`, the signature of its issuer
+    path[i + 1], and the CA constraints that its position needs."""
+    cert, name = path[i], names[i]
+    for ext in cert.extensions:
+        _require(not ext.critical or ext.oid in _KNOWN_CRITICAL,
+                 f"{name} has an unknown critical extension {ext.oid.dotted_string}")
+    _require(cert.not_valid_before_utc <= at <= cert.not_valid_after_utc,
+             f"{name} ({cert.subject.rfc4514_string()}) is not valid at {at.isoformat()} "
+             f"(valid {cert.not_valid_before_utc.isoformat()} to "
+             f"{cert.not_valid_after_utc.isoformat()})")
+    if i + 1 < len(path):
+        try:
+            cert.verify_directly_issued_by(path[i + 1])
+        except (ValueError, TypeError, InvalidSignature) as error:
+            raise VerificationError(f"{name} is not signed by {names[i + 1]}: "
+                                    f"{error or 'bad signature'}") from None
+    bc = _extension(cert, x509.BasicConstraints)
+    ku = _extension(cert, x509.KeyUsage)
+    if i == 0:
+        _require(bc is None or not bc.ca, "the leaf certificate is a CA")
+        _require(ku is None or ku.digital_signature,
+                 "the leaf certificate may not sign (no digitalSignature key usage)")
+        return
+    _require(bc is not None and bc.ca, f"{name} is not a CA certificate")
+    below = i - 1                          # CA certificates between it and the leaf
+    _require(bc.path_length is None or below <= bc.path_length,
+             f"{name} allows {bc.path_length} CAs below it, has {below}")
+    _require(ku is None or ku.key_cert_sign,
+             f"{name} may not sign certificates (no keyCertSign key usage)")
 
 
 def verify_document(document: bytes, roots: Sequence[x509.Certificate], *,
@@ -209,9 +226,14 @@ def verify_document(document: bytes, roots: Sequence[x509.Certificate], *,
     document's timestamp unless `at` is given."""
     protected, payload_bytes, signature, payload = decode_document(document)
     timestamp = dt.datetime.fromtimestamp(payload["timestamp"] / 1000, dt.timezone.utc)
-    leaf = _load_cert(payload["certificate"], "the leaf certificate")
-    chain = _check_chain(leaf, payload["cabundle"], roots, at or timestamp)
-    key = leaf.public_key()
+    with warnings.catch_warnings():          # cryptography warns about odd encodings
+        warnings.simplefilter("ignore")
+        leaf = _load_cert(payload["certificate"], "the leaf certificate")
+        chain = _check_chain(leaf, payload["cabundle"], roots, at or timestamp)
+    try:
+        key = leaf.public_key()
+    except Exception as error:  # unsupported or malformed key
+        raise VerificationError(f"the leaf key cannot be used: {error}") from None
     _require(isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp384r1",
              "the leaf key is not EC P-384 as ES384 requires")
     to_be_signed = cbor2.dumps(["Signature1", protected, b"", payload_bytes])
