@@ -1,0 +1,148 @@
+"""Puts a Linux kernel, its command line and initrd in guest RAM and sets the vCPU up for
+the 64-bit boot protocol entry (boot.rst, "64-bit Boot Protocol"): identity-mapped page
+tables, a flat GDT with __BOOT_CS 0x10 / __BOOT_DS 0x18, RSI = boot_params, interrupts
+off, RIP = load address + 0x200."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Callable
+
+from construct import Int32ul, Int64ul, Struct
+from unicorn import x86_const as x86
+
+from nitro_emu.boot.bzimage import BzImage, BadKernelError
+from nitro_emu.cpu.internals import R_CS, R_SS
+from nitro_emu.cpu.vcpu import Vcpu
+from nitro_emu.memory import GuestRam
+
+# Guest-physical layout of the boot structures (all in low RAM, like Firecracker's).
+GDT_ADDRESS = 0x500
+BOOT_PARAMS_ADDRESS = 0x7000
+PML4_ADDRESS = 0x9000
+PDPT_ADDRESS = 0xA000
+PD_ADDRESS = 0xB000  # four page directories: identity map of the first 4 GiB
+CMDLINE_ADDRESS = 0x20000
+KERNEL_ADDRESS = 0x100000
+LOW_RAM_END = 0x9FC00
+BIOS_AREA = (0xF0000, 0x100000)
+DECOMPRESS_ADDRESS = 0x1000000  # LOAD_PHYSICAL_ADDR: where the kernel decompresses
+
+BOOT_CS, BOOT_DS = 0x10, 0x18
+_GDT = [0, 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF]
+_CS_FLAGS = 0x00AF9B00  # hidden-cache flags of the descriptors above
+_DS_FLAGS = 0x00CF9300
+
+# struct boot_params offsets (arch/x86/include/uapi/asm/bootparam.h)
+EXT_RAMDISK_IMAGE, EXT_RAMDISK_SIZE, EXT_CMD_LINE_PTR = 0x0C0, 0x0C4, 0x0C8
+E820_ENTRIES, E820_TABLE, E820_MAX = 0x1E8, 0x2D0, 128
+TYPE_OF_LOADER, LOADFLAGS = 0x210, 0x211
+RAMDISK_IMAGE, RAMDISK_SIZE, CMD_LINE_PTR = 0x218, 0x21C, 0x228
+LOADER_UNDEFINED = 0xFF
+KEEP_SEGMENTS, LOADED_HIGH = 1 << 6, 1 << 0
+E820_RAM, E820_RESERVED = 1, 2
+
+E820Entry = Struct("addr" / Int64ul, "size" / Int64ul, "type" / Int32ul)
+
+
+@dataclass(frozen=True)
+class BootLayout:
+    """Where things went, for diagnostics and tests."""
+
+    entry: int
+    cmdline: str
+    initrd_address: int
+    initrd_size: int
+
+
+def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
+    """RAM below the EBDA, the BIOS area reserved, and everything from 1 MiB."""
+    return [(0, LOW_RAM_END, E820_RAM),
+            (LOW_RAM_END, 0xA0000 - LOW_RAM_END, E820_RESERVED),
+            (BIOS_AREA[0], BIOS_AREA[1] - BIOS_AREA[0], E820_RESERVED),
+            (KERNEL_ADDRESS, ram_size - KERNEL_ADDRESS, E820_RAM)]
+
+
+def load_linux(vcpu: Vcpu, ram: GuestRam, kernel: bytes, cmdline: str, initrd_size: int,
+               fill_initrd: Callable[[memoryview], object]) -> BootLayout:
+    """Load a bzImage, the initrd (`fill_initrd` writes its `initrd_size` bytes into the
+    view it is given: guest RAM, no intermediate copy) and point the vCPU at the kernel's
+    64-bit entry."""
+    image = BzImage.parse(kernel)
+    header = image.header
+    payload = memoryview(kernel)[image.protected_mode_offset:]
+    init_size = max(header.init_size, len(payload))
+    kernel_end = max(KERNEL_ADDRESS + init_size, DECOMPRESS_ADDRESS + init_size)
+    if kernel_end > ram.size:
+        raise BadKernelError(
+            f"the kernel needs {kernel_end >> 20} MiB to decompress; guest RAM is "
+            f"{ram.size >> 20} MiB")
+    ram.write(KERNEL_ADDRESS, payload)
+
+    cmdline_bytes = cmdline.encode() + b"\0"
+    if header.cmdline_size and len(cmdline_bytes) - 1 > header.cmdline_size:
+        raise BadKernelError(
+            f"kernel command line is {len(cmdline_bytes) - 1} bytes; this kernel accepts "
+            f"{header.cmdline_size}")
+    ram.write(CMDLINE_ADDRESS, cmdline_bytes)
+
+    initrd_address = 0
+    if initrd_size:
+        limit = min(ram.size, (header.initrd_addr_max or 0x37FFFFFF) + 1)
+        initrd_address = (limit - initrd_size) & ~0xFFF
+        if initrd_address < kernel_end:
+            raise BadKernelError(
+                f"the initrd ({initrd_size >> 20} MiB) does not fit in guest RAM above the "
+                f"kernel; give the machine more memory")
+        fill_initrd(ram.view(initrd_address, initrd_size))
+
+    params = bytearray(4096)
+    params[0x1F1:0x1F1 + len(image.header_bytes)] = image.header_bytes
+    params[TYPE_OF_LOADER] = LOADER_UNDEFINED
+    params[LOADFLAGS] |= LOADED_HIGH
+    struct.pack_into("<III", params, RAMDISK_IMAGE, initrd_address & 0xFFFFFFFF, initrd_size, 0)
+    struct.pack_into("<I", params, CMD_LINE_PTR, CMDLINE_ADDRESS)
+    struct.pack_into("<III", params, EXT_RAMDISK_IMAGE, initrd_address >> 32,
+                     initrd_size >> 32, CMDLINE_ADDRESS >> 32)
+    entries = e820_map(ram.size)
+    params[E820_ENTRIES] = len(entries)
+    for index, (address, size, kind) in enumerate(entries):
+        offset = E820_TABLE + index * E820Entry.sizeof()
+        params[offset:offset + E820Entry.sizeof()] = E820Entry.build(
+            dict(addr=address, size=size, type=kind))
+    ram.write(BOOT_PARAMS_ADDRESS, params)
+
+    write_identity_page_tables(ram)
+    ram.write(GDT_ADDRESS, struct.pack("<4Q", *_GDT))
+    entry = KERNEL_ADDRESS + 0x200
+    enter_long_mode(vcpu, entry)
+    return BootLayout(entry, cmdline, initrd_address, initrd_size)
+
+
+def write_identity_page_tables(ram: GuestRam, flags: int = 0x3) -> None:
+    """Identity-map the first 4 GiB with 2 MiB pages (`flags`: present, writable, ...)."""
+    ram.write_u64(PML4_ADDRESS, PDPT_ADDRESS | flags)
+    for gib in range(4):
+        pd = PD_ADDRESS + gib * 0x1000
+        ram.write_u64(PDPT_ADDRESS + gib * 8, pd | flags)
+        entries = [((gib << 30) + (i << 21)) | flags | 0x80 for i in range(512)]
+        ram.write(pd, struct.pack("<512Q", *entries))
+
+
+def enter_long_mode(vcpu: Vcpu, entry: int) -> None:
+    """64-bit mode, paging on with the tables above, flat boot segments, IF clear."""
+    uc = vcpu.uc
+    internals = vcpu.internals
+    uc.reg_write(x86.UC_X86_REG_GDTR, (0, GDT_ADDRESS, len(_GDT) * 8 - 1, 0))
+    uc.reg_write(x86.UC_X86_REG_CR4, 0x20)  # PAE
+    uc.reg_write(x86.UC_X86_REG_CR3, PML4_ADDRESS)
+    uc.msr_write(0xC0000080, 0x500)  # EFER: LME | LMA
+    uc.reg_write(x86.UC_X86_REG_CR0, 0x80000031)  # PG | NE | ET | PE
+    internals.load_flat_segment(R_CS, BOOT_CS, _CS_FLAGS)
+    for index in (0, R_SS, 3, 4, 5):  # ES SS DS FS GS
+        internals.load_flat_segment(index, BOOT_DS, _DS_FLAGS)
+    internals.set_cpl(0)
+    uc.reg_write(x86.UC_X86_REG_RFLAGS, 0x2)
+    uc.reg_write(x86.UC_X86_REG_RSI, BOOT_PARAMS_ADDRESS)
+    uc.reg_write(x86.UC_X86_REG_RSP, BOOT_PARAMS_ADDRESS - 0x10)
+    uc.reg_write(x86.UC_X86_REG_RIP, entry)

@@ -1,0 +1,241 @@
+"""Unicorn's internal CPU state, found by probing and checked before use.
+
+Unicorn has no API for delivering guest exceptions, external interrupts or SYSCALL, and
+none for the error code of a fault or the TSC offset (ARCHITECTURE.md 3.1-3.5). Its
+library exports QEMU's own delivery routines, and those work on the `CPUState` and
+`CPUX86State` structures. This module finds those structures and the fields used, by
+writing known values through the public API and looking for them, and refuses to run
+(`UnsupportedUnicornError`) if any check fails, so another Unicorn build stops with one
+clear line instead of corrupting memory.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+
+import unicorn
+from unicorn import x86_const as x86
+
+from nitro_emu.errors import NitroEmuError
+
+SUPPORTED_UNICORN = "2.1.4"
+
+# Offsets inside QEMU 5's CPUX86State that are fixed relative to fields we can find.
+EIP_OFFSET, EFLAGS_OFFSET, HFLAGS_OFFSET, HFLAGS2_OFFSET, SEGS_OFFSET = 128, 136, 176, 180, 184
+SEG_SIZE = 24  # {u32 selector; u32 pad; u64 base; u32 limit; u32 flags}
+R_CS, R_SS = 1, 2
+HF_CPL_MASK = 0x3
+HF_INHIBIT_IRQ_MASK = 1 << 3
+# From dr[0] (found by probing): error_code, exception_is_int, exception_next_eip, dr[8],
+# cpu_breakpoint[4], old_exception, vm_vmcb, tsc_offset.
+ERROR_CODE_FROM_DR0 = -16
+OLD_EXCEPTION_FROM_DR0 = 8 * 8 + 4 * 8
+TSC_OFFSET_FROM_DR0 = OLD_EXCEPTION_FROM_DR0 + 16
+
+
+class UnsupportedUnicornError(NitroEmuError):
+    """This Unicorn build does not have the internal layout nitro-emu relies on."""
+
+
+def _library() -> ctypes.CDLL:
+    from unicorn.unicorn_py3 import unicorn as binding
+    return binding.uclib
+
+
+class _SafeReader:
+    """Reads process memory through /proc/self/mem, so a wrong guess is an error, not a
+    segmentation fault."""
+
+    def __init__(self) -> None:
+        self._fd = os.open("/proc/self/mem", os.O_RDONLY)
+
+    def read(self, address: int, size: int) -> bytes | None:
+        if address <= 0x10000 or address >= 1 << 47:
+            return None
+        try:
+            data = os.pread(self._fd, size, address)
+        except OSError:
+            return None
+        return data if len(data) == size else None
+
+    def u64(self, address: int) -> int | None:
+        data = self.read(address, 8)
+        return struct.unpack("<Q", data)[0] if data else None
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class CpuInternals:
+    """Typed access to one Unicorn instance's CPU state and delivery routines."""
+
+    def __init__(self, uc: unicorn.Uc) -> None:
+        if unicorn.__version__ != SUPPORTED_UNICORN:
+            raise UnsupportedUnicornError(
+                f"unicorn {unicorn.__version__} is installed; nitro-emu needs exactly "
+                f"{SUPPORTED_UNICORN} (pip install unicorn=={SUPPORTED_UNICORN})")
+        self._uc = uc
+        reader = _SafeReader()
+        try:
+            self.cpu, self.env = self._find_cpu_and_env(uc, reader)
+            self._check_fixed_fields(uc, reader)
+            dr0 = self._find_u64(uc, reader, x86.UC_X86_REG_DR0, 0x0D0D0D0D00112230, "dr[0]")
+            self.star_offset = self._find_msr(uc, reader, 0xC0000081, 0x0023001000000000, "star")
+            self.lstar_offset = self._find_msr(uc, reader, 0xC0000082, 0xFFFFFFFF81C00040, "lstar")
+            self.fmask_offset = self._find_msr(uc, reader, 0xC0000084, 0x0000000000047700, "fmask")
+        finally:
+            reader.close()
+        uc.reg_write(x86.UC_X86_REG_DR0, 0)
+        for msr in (0xC0000081, 0xC0000082, 0xC0000084):
+            uc.msr_write(msr, 0)
+        env = self.env
+        self.error_code = ctypes.c_int32.from_address(env + dr0 + ERROR_CODE_FROM_DR0)
+        self.old_exception = ctypes.c_int32.from_address(env + dr0 + OLD_EXCEPTION_FROM_DR0)
+        self.tsc_offset = ctypes.c_uint64.from_address(env + dr0 + TSC_OFFSET_FROM_DR0)
+        if self.old_exception.value != -1:
+            raise UnsupportedUnicornError(
+                "unexpected Unicorn CPU layout: old_exception is not -1 after reset")
+        self.regs = (ctypes.c_uint64 * 16).from_address(env)
+        self.eip = ctypes.c_uint64.from_address(env + EIP_OFFSET)
+        self.hflags = ctypes.c_uint32.from_address(env + HFLAGS_OFFSET)
+        self.star = ctypes.c_uint64.from_address(env + self.star_offset)
+        self.lstar = ctypes.c_uint64.from_address(env + self.lstar_offset)
+        self.fmask = ctypes.c_uint64.from_address(env + self.fmask_offset)
+        self.segs = [_SegmentCache.from_address(env + SEGS_OFFSET + i * SEG_SIZE) for i in range(6)]
+        lib = _library()
+        self._do_interrupt = lib.x86_cpu_do_interrupt_x86_64
+        self._do_interrupt.argtypes = [ctypes.c_void_p]
+        self._do_interrupt.restype = None
+        self._hardirq = lib.do_interrupt_x86_hardirq_x86_64
+        self._hardirq.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        self._hardirq.restype = None
+
+    # -- probing ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _find_cpu_and_env(uc: unicorn.Uc, reader: _SafeReader) -> tuple[int, int]:
+        """Find CPUState (a pointer in uc_struct) and env (CPUState->env_ptr) by writing
+        distinct values into the 16 general registers and finding them at env + 0."""
+        values = [0x5A5A000000000000 | (i << 16) | 0xC3 for i in range(16)]
+        regs = [x86.UC_X86_REG_RAX, x86.UC_X86_REG_RCX, x86.UC_X86_REG_RDX, x86.UC_X86_REG_RBX,
+                x86.UC_X86_REG_RSP, x86.UC_X86_REG_RBP, x86.UC_X86_REG_RSI, x86.UC_X86_REG_RDI,
+                x86.UC_X86_REG_R8, x86.UC_X86_REG_R9, x86.UC_X86_REG_R10, x86.UC_X86_REG_R11,
+                x86.UC_X86_REG_R12, x86.UC_X86_REG_R13, x86.UC_X86_REG_R14, x86.UC_X86_REG_R15]
+        for reg, value in zip(regs, values):
+            uc.reg_write(reg, value)
+        expected = struct.pack("<16Q", *values)
+        uc_struct = uc._uch.value
+        # Known answers for 2.1.4 first (uc_struct+440 -> CPUState; CPUState+0x128 -> env),
+        # then a scan of the first 1 KiB of uc_struct and of CPUState.
+        cpu_slots = [440] + [o for o in range(0, 1024, 8) if o != 440]
+        for cpu_slot in cpu_slots:
+            cpu = reader.u64(uc_struct + cpu_slot)
+            if cpu is None:
+                continue
+            for env_slot in [0x128] + [o for o in range(0, 0x400, 8) if o != 0x128]:
+                env = reader.u64(cpu + env_slot)
+                if env is None or not cpu < env < cpu + 0x20000:
+                    continue
+                if reader.read(env, 128) == expected:
+                    for reg in regs:
+                        uc.reg_write(reg, 0)
+                    return cpu, env
+        raise UnsupportedUnicornError(
+            "cannot find Unicorn's CPU state (uc_struct -> CPUState -> env); "
+            f"this unicorn build is not the {SUPPORTED_UNICORN} wheel nitro-emu supports")
+
+    def _check_fixed_fields(self, uc: unicorn.Uc, reader: _SafeReader) -> None:
+        """eip, eflags and the FS segment cache sit at QEMU 5's offsets from env."""
+        uc.reg_write(x86.UC_X86_REG_RIP, 0x0000123456789AB0)
+        uc.reg_write(x86.UC_X86_REG_FS_BASE, 0x00007F00DEAD0000)
+        eip = reader.u64(self.env + EIP_OFFSET)
+        fs_base = reader.u64(self.env + SEGS_OFFSET + 4 * SEG_SIZE + 8)
+        uc.reg_write(x86.UC_X86_REG_RIP, 0)
+        uc.reg_write(x86.UC_X86_REG_FS_BASE, 0)
+        if eip != 0x0000123456789AB0 or fs_base != 0x00007F00DEAD0000:
+            raise UnsupportedUnicornError(
+                "unexpected Unicorn CPU layout: eip or segment caches are not where "
+                f"unicorn {SUPPORTED_UNICORN} keeps them")
+
+    def _find_u64(self, uc: unicorn.Uc, reader: _SafeReader, reg: int, value: int,
+                  name: str) -> int:
+        uc.reg_write(reg, value)
+        return self._scan_env(reader, value, name)
+
+    def _find_msr(self, uc: unicorn.Uc, reader: _SafeReader, msr: int, value: int,
+                  name: str) -> int:
+        uc.msr_write(msr, value)
+        return self._scan_env(reader, value, name)
+
+    def _scan_env(self, reader: _SafeReader, value: int, name: str) -> int:
+        data = reader.read(self.env, 0x3000)
+        if data is None:
+            raise UnsupportedUnicornError("cannot read Unicorn's CPU state")
+        needle = struct.pack("<Q", value)
+        hits = [i for i in range(0, len(data) - 7, 8) if data[i:i + 8] == needle]
+        if len(hits) != 1:
+            raise UnsupportedUnicornError(
+                f"unexpected Unicorn CPU layout: field {name} found {len(hits)} times")
+        return hits[0]
+
+    # -- use -------------------------------------------------------------------------------
+
+    def deliver_pending_exception(self) -> None:
+        """From an interrupt or invalid-instruction hook: deliver the exception Unicorn
+        raised through the guest IDT (with its error code), as the real CPU would."""
+        self._do_interrupt(self.cpu)
+
+    def deliver_hardware_interrupt(self, vector: int) -> None:
+        """Between slices, with RFLAGS.IF set: deliver an external interrupt."""
+        self._hardirq(self.env, vector, 1)
+
+    def interrupts_inhibited(self) -> bool:
+        """True in the shadow of STI or MOV SS, when no interrupt may be taken yet."""
+        return bool(self.hflags.value & HF_INHIBIT_IRQ_MASK)
+
+    def load_flat_segment(self, index: int, selector: int, flags: int) -> None:
+        """Set a segment register's hidden cache directly (SYSCALL's CS/SS load: the API
+        refuses ring-0 selectors at CPL 3)."""
+        seg = self.segs[index]
+        seg.selector, seg.base, seg.limit, seg.flags = selector, 0, 0xFFFFFFFF, flags
+
+    def set_cpl(self, cpl: int) -> None:
+        self.hflags.value = (self.hflags.value & ~HF_CPL_MASK) | cpl
+
+
+class _SegmentCache(ctypes.Structure):
+    _fields_ = [("selector", ctypes.c_uint32), ("pad", ctypes.c_uint32),
+                ("base", ctypes.c_uint64), ("limit", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32)]
+
+
+def find_exception_index_offset() -> int:
+    """Offset of `CPUState.exception_index`: run `int 0x77` and `int 0x5a` in a scratch CPU
+    and find the one int32 field that holds the vector inside the interrupt hook."""
+    found: list[set[int]] = []
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    internals = CpuInternals(uc)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\xcd\x77\xcd\x5a")
+    reader = _SafeReader()
+
+    def on_interrupt(uc: unicorn.Uc, vector: int, _: object) -> None:
+        data = reader.read(internals.cpu, internals.env - internals.cpu)
+        if data is not None:
+            needle = struct.pack("<i", vector)
+            found.append({i for i in range(0, len(data) - 3, 4) if data[i:i + 4] == needle})
+        uc.emu_stop()
+
+    hook = uc.hook_add(unicorn.UC_HOOK_INTR, on_interrupt)
+    try:
+        uc.emu_start(0x1000, 0x1004)
+        uc.emu_start(0x1002, 0x1004)
+    finally:
+        uc.hook_del(hook)
+        reader.close()
+    common = set.intersection(*found) if len(found) == 2 else set()
+    if len(common) != 1:
+        raise UnsupportedUnicornError(
+            "unexpected Unicorn CPU layout: cannot find CPUState.exception_index")
+    return common.pop()

@@ -1,0 +1,191 @@
+"""One x86-64 vCPU on Unicorn: RAM mapped from the host buffer, I/O ports and MMIO routed
+to the buses, and the hooks that make up for what Unicorn leaves out (exceptions, SYSCALL,
+CPUID, external interrupts; ARCHITECTURE.md section 3)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import capstone
+import unicorn
+from unicorn import x86_const as x86
+
+from nitro_emu.cpu.cpuid import CpuidModel
+from nitro_emu.cpu.delivery import ExceptionDelivery, TripleFault
+from nitro_emu.cpu.internals import CpuInternals, R_CS, R_SS
+from nitro_emu.errors import NitroEmuError
+from nitro_emu.memory import GuestRam
+
+# An address no guest code can reach (non-canonical): emu_start runs until stopped.
+_NEVER = 0x8000_0000_0000_0000
+_RF = 1 << 16
+_EFER = 0xC0000080
+_EFER_SCE = 1
+_HF_CS64 = 1 << 15
+_UD = 6
+# Hidden-cache flags of the flat segments SYSCALL loads (QEMU's helper_syscall).
+_CS64_FLAGS = (1 << 23) | (1 << 15) | (1 << 12) | (0xB << 8) | (1 << 21)  # G P S code/R/A L
+_SS_FLAGS = (1 << 23) | (1 << 22) | (1 << 15) | (1 << 12) | (0x3 << 8)  # G B P S data/W/A
+_SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+
+
+class GuestFault(NitroEmuError):
+    """The guest did something the machine cannot continue from (triple fault, access to
+    unmapped memory)."""
+
+    def __init__(self, message: str, rip: int) -> None:
+        super().__init__(message)
+        self.rip = rip
+
+
+
+
+class Vcpu:
+    """The CPU of the machine. `run_slice()` runs guest code until something stops it."""
+
+    def __init__(self, ram: GuestRam, port_read: Callable[[int, int], int],
+                 port_write: Callable[[int, int, int], None], cpuid: CpuidModel) -> None:
+        uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+        self.uc = uc
+        self.internals = CpuInternals(uc)
+        uc.mem_map_ptr(0, ram.size, unicorn.UC_PROT_ALL, ram.host_address)
+        self.ram = ram
+        self.cpuid = cpuid
+        phys_bits = cpuid.lookup(0x80000008, 0)[0] & 0xFF
+        self.delivery = ExceptionDelivery(self.internals, ram, phys_bits,
+                                          lambda: uc.msr_read(_EFER))
+        self._port_read = port_read
+        self._port_write = port_write
+        self.fault: GuestFault | None = None
+        self.counters = {"exceptions": 0, "syscalls": 0, "interrupts": 0}
+        regs = self.internals.regs
+        self._regs = regs
+        uc.hook_add(unicorn.UC_HOOK_INTR, self._on_exception)
+        uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid_instruction)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
+        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
+        uc.hook_add(unicorn.UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run_slice(self) -> None:
+        """Run from the current RIP until HLT, emu_stop, or a guest fault (self.fault)."""
+        self.internals.old_exception.value = -1  # ARCHITECTURE.md 3.5
+        rip = self.internals.eip.value
+        try:
+            self.uc.emu_start(rip, _NEVER)
+        except TripleFault as error:
+            self.fault = GuestFault(str(error), self.internals.eip.value)
+        except unicorn.UcError as error:
+            if self.fault is None:
+                self.fault = GuestFault(f"CPU error: {error}", self.internals.eip.value)
+
+    def stop(self) -> None:
+        """End the current slice as soon as possible (safe from hooks and other threads)."""
+        self.uc.emu_stop()
+
+    @property
+    def interrupts_enabled(self) -> bool:
+        return bool(self.uc.reg_read(x86.UC_X86_REG_EFLAGS) & (1 << 9))
+
+    def can_take_interrupt(self) -> bool:
+        """IF set and not in an STI/MOV SS shadow."""
+        return self.interrupts_enabled and not self.internals.interrupts_inhibited()
+
+    def inject_interrupt(self, vector: int) -> None:
+        """Deliver an external interrupt now (between slices)."""
+        self.counters["interrupts"] += 1
+        try:
+            self.delivery.deliver_external_interrupt(vector)
+        except TripleFault as error:
+            self.fault = GuestFault(str(error), self.internals.eip.value)
+
+    def advance_tsc(self, nanoseconds: int) -> None:
+        """Move the guest TSC forward with virtual time skipped while idle."""
+        offset = self.internals.tsc_offset
+        offset.value = (offset.value + nanoseconds * self.cpuid.tsc_hz // 1_000_000_000) \
+            & 0xFFFFFFFFFFFFFFFF
+
+    def disassemble(self, address: int) -> str:
+        """The instruction at `address` as text, for error reports."""
+        code = self.delivery.read_linear(address, 15)
+        if code is None:
+            return "(instruction not readable)"
+        for instruction in capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64).disasm(code, address):
+            return f"{instruction.mnemonic} {instruction.op_str}".strip()
+        return f"(undecodable bytes {code.hex()})"
+
+    @property
+    def rip(self) -> int:
+        return self.internals.eip.value
+
+    # -- hooks (hot paths: keep them short) ------------------------------------------------
+
+    def _on_exception(self, uc: unicorn.Uc, vector: int, _: object) -> None:
+        self.counters["exceptions"] += 1
+        try:
+            self.delivery.deliver_pending_exception()
+        except TripleFault as error:
+            self._shut_down(error)
+
+    def _on_invalid_instruction(self, uc: unicorn.Uc, _: object) -> bool:
+        self.counters["exceptions"] += 1
+        try:
+            self.delivery.deliver_pending_exception()
+        except TripleFault as error:
+            self._shut_down(error)
+        return True
+
+    def _shut_down(self, error: TripleFault) -> None:
+        """The CPU cannot deliver an exception: record it and end the slice. The guest's
+        state is left as it was at the faulting instruction."""
+        self.fault = GuestFault(str(error), self.internals.eip.value)
+        self.uc.emu_stop()
+
+    def _on_in(self, uc: unicorn.Uc, port: int, size: int, _: object) -> int:
+        return self._port_read(port, size) & _SIZE_MASK[size]
+
+    def _on_out(self, uc: unicorn.Uc, port: int, size: int, value: int, _: object) -> None:
+        self._port_write(port, size, value & _SIZE_MASK[size])
+
+    def _on_syscall(self, uc: unicorn.Uc, _: object) -> None:
+        """SYSCALL in 64-bit mode, done as the CPU does it (Unicorn only calls hooks and
+        then adds 2 to RIP, so RIP is set to LSTAR - 2)."""
+        internals = self.internals
+        self.counters["syscalls"] += 1
+        rip = internals.eip.value
+        if not internals.hflags.value & _HF_CS64 or not uc.msr_read(_EFER) & _EFER_SCE:
+            try:
+                self.delivery.deliver_exception(_UD, 0)
+            except TripleFault as error:
+                self._shut_down(error)
+            internals.eip.value -= 2
+            return
+        regs = self._regs
+        rflags = uc.reg_read(x86.UC_X86_REG_EFLAGS)
+        regs[1] = rip + 2
+        regs[11] = rflags & ~_RF
+        uc.reg_write(x86.UC_X86_REG_EFLAGS, rflags & ~(internals.fmask.value | _RF))
+        selector = (internals.star.value >> 32) & 0xFFFF
+        internals.load_flat_segment(R_CS, selector & 0xFFFC, _CS64_FLAGS)
+        internals.load_flat_segment(R_SS, (selector + 8) & 0xFFFC, _SS_FLAGS)
+        internals.set_cpl(0)
+        internals.eip.value = (internals.lstar.value - 2) & 0xFFFFFFFFFFFFFFFF
+
+    def _on_cpuid(self, uc: unicorn.Uc, _: object) -> int:
+        regs = self._regs
+        leaf, subleaf = regs[0] & 0xFFFFFFFF, regs[1] & 0xFFFFFFFF
+        eax, ebx, ecx, edx = self.cpuid.lookup(leaf, subleaf)
+        if leaf == 1:  # OSXSAVE mirrors CR4.OSXSAVE
+            ecx = (ecx & ~(1 << 27)) | ((self.delivery._cr[4] >> 18) & 1) << 27
+        regs[0], regs[3], regs[1], regs[2] = eax, ebx, ecx, edx
+        return 1
+
+    def _on_unmapped(self, uc: unicorn.Uc, access: int, address: int, size: int,
+                     value: int, _: object) -> bool:
+        kind = {unicorn.UC_MEM_READ_UNMAPPED: "read", unicorn.UC_MEM_WRITE_UNMAPPED: "write",
+                unicorn.UC_MEM_FETCH_UNMAPPED: "instruction fetch"}.get(access, "access")
+        self.fault = GuestFault(f"guest {kind} of unmapped memory at {address:#x}",
+                                self.internals.eip.value)
+        return False

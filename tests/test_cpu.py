@@ -1,0 +1,166 @@
+"""The CPU layer on small hand-assembled guest programs: exception delivery through the
+IDT (with error codes and CR2), SYSCALL from ring 3, external interrupts, CPUID, and a
+guest that wrecks its own IDT (a triple fault the emulator survives and reports)."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+from unicorn import x86_const as x86
+
+from nitro_emu.boot.loader import GDT_ADDRESS, enter_long_mode, write_identity_page_tables
+from nitro_emu.bus import PortBus
+from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz
+from nitro_emu.cpu.vcpu import Vcpu
+from nitro_emu.memory import GuestRam
+
+CODE, USER_CODE, IDT, TSS, STACK, HANDLERS = 0x10000, 0x20000, 0x3000, 0x4000, 0x8000, 0x30000
+HLT, INT3, UD2, STI, SYSCALL, SYSRETQ = b"\xf4", b"\xcc", b"\x0f\x0b", b"\xfb", b"\x0f\x05", b"\x48\x0f\x07"
+MOV_RAX_FROM_RBX = b"\x48\x8b\x03"          # mov rax, [rbx]
+POP_R14 = b"\x41\x5e"                         # pop r14
+MOV_R12_CR2 = b"\x41\x0f\x20\xd4"            # mov r12, cr2
+MOV_R13_RCX = b"\x49\x89\xcd"                # mov r13, rcx
+MOV_R14_R11 = b"\x4d\x89\xde"                # mov r14, r11
+
+
+def mov_r12(value: int) -> bytes:
+    return b"\x49\xc7\xc4" + struct.pack("<i", value)  # mov r12, imm32
+
+
+GDT = [0, 0,
+       0x00AF9B000000FFFF,   # 0x10 kernel code
+       0x00CF93000000FFFF,   # 0x18 kernel data
+       0x00CFFB000000FFFF,   # 0x20 user code32 (unused)
+       0x00CFF3000000FFFF,   # 0x28 user data
+       0x00AFFB000000FFFF]   # 0x30 user code64
+
+
+def gate(handler: int, dpl: int = 0) -> bytes:
+    """A 64-bit interrupt gate to `handler` in the kernel code segment."""
+    return struct.pack("<HHBBHII", handler & 0xFFFF, 0x10, 0, 0x8E | (dpl << 5),
+                       (handler >> 16) & 0xFFFF, handler >> 32, 0)
+
+
+class MiniMachine:
+    """Just a vCPU and 4 MiB of RAM, in long mode with an IDT of our own."""
+
+    def __init__(self, user_pages: bool = False) -> None:
+        self.ram = GuestRam(4 << 20)
+        ports = PortBus()
+        self.vcpu = Vcpu(self.ram, ports.read, ports.write, CpuidModel(host_tsc_hz()))
+        write_identity_page_tables(self.ram, 0x7 if user_pages else 0x3)
+        self.ram.write(GDT_ADDRESS, struct.pack(f"<{len(GDT)}Q", *GDT))
+        enter_long_mode(self.vcpu, CODE)
+        uc = self.vcpu.uc
+        uc.reg_write(x86.UC_X86_REG_GDTR, (0, GDT_ADDRESS, len(GDT) * 8 - 1, 0))
+        uc.reg_write(x86.UC_X86_REG_IDTR, (0, IDT, 256 * 16 - 1, 0))
+        uc.reg_write(x86.UC_X86_REG_RSP, STACK)
+        self.next_handler = HANDLERS
+
+    def handler(self, vector: int, code: bytes, dpl: int = 0) -> int:
+        address = self.next_handler
+        self.ram.write(address, code)
+        self.ram.write(IDT + vector * 16, gate(address, dpl))
+        self.next_handler += 0x100
+        return address
+
+    def run(self, code: bytes, at: int = CODE) -> None:
+        self.ram.write(at, code)
+        self.vcpu.uc.reg_write(x86.UC_X86_REG_RIP, at)
+        self.vcpu.run_slice()
+
+    def reg(self, name: str) -> int:
+        return self.vcpu.uc.reg_read(getattr(x86, f"UC_X86_REG_{name.upper()}"))
+
+
+def test_int3_is_delivered_through_the_idt_with_the_return_address() -> None:
+    machine = MiniMachine()
+    machine.handler(3, mov_r12(0x33) + HLT)
+    machine.run(INT3 + HLT)
+    assert machine.vcpu.fault is None
+    assert machine.reg("r12") == 0x33
+    rip, cs = struct.unpack("<QQ", machine.ram.read(STACK - 40, 16))
+    assert (rip, cs) == (CODE + 1, 0x10)
+
+
+def test_page_fault_has_cr2_and_error_code() -> None:
+    machine = MiniMachine()
+    machine.handler(14, POP_R14 + MOV_R12_CR2 + HLT)
+    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RBX, 0x1_0000_0000)  # beyond the mapped 4 GiB
+    machine.run(MOV_RAX_FROM_RBX + HLT)
+    assert machine.vcpu.fault is None
+    assert machine.reg("r12") == 0x1_0000_0000
+    assert machine.reg("r14") == 0  # supervisor read of a page that is not present
+    assert machine.vcpu.counters["exceptions"] == 1
+
+
+def test_invalid_opcode_is_delivered() -> None:
+    machine = MiniMachine()
+    machine.handler(6, mov_r12(6) + HLT)
+    machine.run(UD2 + HLT)
+    assert machine.vcpu.fault is None and machine.reg("r12") == 6
+
+
+def test_syscall_from_ring_3_enters_lstar_in_ring_0() -> None:
+    machine = MiniMachine(user_pages=True)
+    vcpu, uc = machine.vcpu, machine.vcpu.uc
+    entry = machine.handler(0x80, MOV_R13_RCX + MOV_R14_R11 + HLT)  # used as LSTAR target
+    uc.msr_write(0xC0000080, uc.msr_read(0xC0000080) | 1)  # EFER.SCE
+    uc.msr_write(0xC0000081, (0x23 << 48) | (0x10 << 32))  # STAR
+    uc.msr_write(0xC0000082, entry)  # LSTAR
+    uc.msr_write(0xC0000084, 0x200)  # FMASK: clear IF
+    machine.ram.write(USER_CODE, SYSCALL + HLT)
+    uc.reg_write(x86.UC_X86_REG_RCX, USER_CODE)  # sysretq to ring 3 at USER_CODE
+    uc.reg_write(x86.UC_X86_REG_R11, 0x202)
+    machine.run(SYSRETQ)
+    assert vcpu.fault is None
+    assert machine.reg("r13") == USER_CODE + 2        # RCX = return address
+    assert machine.reg("r14") & 0x200                 # R11 = user RFLAGS (IF set)
+    assert not machine.reg("rflags") & 0x200          # FMASK applied
+    assert machine.reg("cs") == 0x10 and vcpu.internals.hflags.value & 3 == 0
+    assert vcpu.counters["syscalls"] == 1
+
+
+def test_external_interrupt_wakes_a_halted_cpu() -> None:
+    machine = MiniMachine()
+    machine.handler(0x30, mov_r12(0x30) + HLT)
+    machine.run(STI + HLT + b"\xeb\xfe")
+    assert machine.vcpu.can_take_interrupt()
+    machine.vcpu.inject_interrupt(0x30)
+    machine.vcpu.run_slice()
+    assert machine.vcpu.fault is None and machine.reg("r12") == 0x30
+
+
+def test_cpuid_hides_the_apic_and_reports_the_tsc_frequency() -> None:
+    machine = MiniMachine()
+    cpuid = b"\x0f\xa2"
+    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RAX, 1)
+    machine.run(cpuid + HLT)
+    assert not machine.reg("edx") & (1 << 9)      # no local APIC
+    assert not machine.reg("ecx") & (1 << 21)     # no x2APIC
+    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RAX, 0x15)
+    machine.run(cpuid + HLT)
+    denominator, numerator, crystal = machine.reg("eax"), machine.reg("ebx"), machine.reg("ecx")
+    assert crystal * numerator // denominator == machine.vcpu.cpuid.tsc_hz // 1000 * 1000
+
+
+@pytest.mark.parametrize("idt_limit", [0, 6 * 16 - 1])
+def test_a_guest_without_a_usable_idt_triple_faults_without_harming_the_emulator(idt_limit) -> None:
+    machine = MiniMachine()
+    machine.vcpu.uc.reg_write(x86.UC_X86_REG_IDTR, (0, IDT, idt_limit, 0))
+    machine.run(UD2 + HLT)
+    assert machine.vcpu.fault is not None
+    assert "triple fault" in str(machine.vcpu.fault)
+    assert machine.vcpu.fault.rip == CODE
+    assert "ud2" in machine.vcpu.disassemble(CODE)
+
+
+def test_a_fault_on_an_unmapped_kernel_stack_becomes_a_double_fault() -> None:
+    machine = MiniMachine()
+    machine.handler(8, mov_r12(8) + HLT)
+    machine.handler(6, mov_r12(6) + HLT)
+    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RSP, 0x1_0000_0010)
+    machine.run(UD2 + HLT)
+    # #UD's frame cannot be pushed (#PF on the stack), the #PF's cannot either: #DF, which
+    # also needs the same stack, so the CPU shuts down.
+    assert machine.vcpu.fault is not None and "triple fault" in str(machine.vcpu.fault)
