@@ -1,0 +1,71 @@
+"""`python -m nitro_emu EIF --guest-cid N ...`: run an enclave in the foreground with its
+console on the terminal, like `nitro-cli run-enclave --attach-console`."""
+from __future__ import annotations
+
+import signal
+import sys
+
+from nitro_emu.cli.common import ArgumentParser
+from nitro_emu.errors import UsageError
+
+
+def _cid(text: str) -> int:
+    from nitro_emu.machine import MAX_CID, MIN_CID
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise UsageError(f"--guest-cid: {text!r} is not a number") from None
+    if not MIN_CID <= value <= MAX_CID:
+        raise UsageError(f"--guest-cid: {value} is not a valid enclave CID "
+                         f"({MIN_CID} to {MAX_CID}; 0-3 are reserved)")
+    return value
+
+
+def _memory(text: str) -> int:
+    from nitro_emu.machine import MAX_MEMORY_MIB, MIN_MEMORY_MIB
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"--memory: {text!r} is not a whole number of MiB") from None
+    if not MIN_MEMORY_MIB <= value <= MAX_MEMORY_MIB:
+        raise UsageError(f"--memory: {value} MiB is outside {MIN_MEMORY_MIB} to "
+                         f"{MAX_MEMORY_MIB} MiB")
+    return value
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="python -m nitro_emu",
+                            description="Boot an EIF in an emulated Nitro Enclave.")
+    parser.add_argument("eif", metavar="EIF", help="the enclave image file")
+    parser.add_argument("--guest-cid", type=_cid, required=True,
+                        help="the enclave's vsock CID (4 to 4294967294)")
+    parser.add_argument("--memory", type=_memory, default=512, metavar="MiB",
+                        help="guest memory in MiB (default 512)")
+    parser.add_argument("--debug-mode", action="store_true",
+                        help="as on Nitro: attestation documents carry zero PCR0-2")
+    parser.add_argument("--parent-role", metavar="ARN",
+                        help="IAM role ARN of the parent instance (measured into PCR3)")
+    parser.add_argument("--parent-id", metavar="ID",
+                        help="instance id of the parent (measured into PCR4)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="stop the enclave after this many seconds")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from nitro_emu.machine import Machine
+
+    machine = Machine(args.eif, guest_cid=args.guest_cid, memory_mib=args.memory,
+                      debug_mode=args.debug_mode, parent_role=args.parent_role,
+                      parent_id=args.parent_id)
+    previous = signal.signal(signal.SIGINT, lambda *_: machine.stop())
+    try:
+        result = machine.run(timeout=args.timeout)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        machine.close()
+    if result.ok:
+        return 0
+    print(f"nitro-emu: enclave ended: {result.reason}: {result.message}", file=sys.stderr)
+    return 130 if result.reason == "stopped" else 1

@@ -1,0 +1,122 @@
+"""The run loop: CPU slices, timers on the virtual clock, interrupt delivery between
+slices, host I/O, and idle skipping (ARCHITECTURE.md section 4)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from nitro_emu.clock import VirtualClock
+from nitro_emu.cpu.vcpu import Vcpu
+from nitro_emu.reactor import HostReactor
+from nitro_emu.slice_timer import SliceTimer
+
+# Longest slice without a deadline, so host I/O is polled even when the guest never idles.
+MAX_SLICE_NS = 20_000_000
+
+
+@dataclass
+class LoopStats:
+    slices: int = 0
+    halts: int = 0
+    skipped_ns: int = 0
+
+
+class RunLoop:
+    """Runs the vCPU until `finished()` says so."""
+
+    def __init__(self, vcpu: Vcpu, pic, clock: VirtualClock, reactor: HostReactor,
+                 between_slices: Callable[[], None], finished: Callable[[], bool],
+                 idle_skip_allowed: Callable[[], bool]) -> None:
+        self._vcpu = vcpu
+        self._pic = pic
+        self._clock = clock
+        self._reactor = reactor
+        self._between_slices = between_slices
+        self._finished = finished
+        self._idle_skip_allowed = idle_skip_allowed
+        self.stats = LoopStats()
+        self.stop_requested = False
+        self._timer = SliceTimer(self._expire)
+        self._origin_wall = time.monotonic() - clock.now_ns() / 1e9
+
+    def _expire(self) -> None:
+        self.stop_requested = True
+        self._vcpu.stop()
+
+    def request_stop(self) -> None:
+        """End the current slice soon (from a hook, a device or another thread)."""
+        self.stop_requested = True
+        self._vcpu.stop()
+
+    def close(self) -> None:
+        self._timer.stop()
+
+    def run(self, wall_deadline: float | None) -> str | None:
+        """Run until finished (returns None), the wall-clock deadline passes ("timeout"),
+        or the guest idles with nothing that could ever wake it ("no-progress")."""
+        vcpu, pic, clock, reactor = self._vcpu, self._pic, self._clock, self._reactor
+        stats = self.stats
+        while not self._finished():
+            clock.fire_due()
+            reactor.poll(0)
+            self._between_slices()
+            if self._finished():
+                return None
+            if wall_deadline is not None and time.monotonic() >= wall_deadline:
+                return "timeout"
+            if pic.has_interrupt() and vcpu.can_take_interrupt():
+                vcpu.inject_interrupt(pic.acknowledge())
+                if vcpu.fault:
+                    return None
+            now = clock.now_ns()
+            deadline = clock.next_deadline()
+            slice_end = now + MAX_SLICE_NS if deadline is None else min(deadline, now + MAX_SLICE_NS)
+            self.stop_requested = False
+            self._timer.arm(time.monotonic() + (slice_end - now) / 1e9)
+            vcpu.run_slice()
+            self._timer.disarm()
+            stats.slices += 1
+            if vcpu.fault or self._finished():
+                return None
+            if self.stop_requested:
+                continue
+            # The slice ended by itself: the guest executed HLT.
+            stats.halts += 1
+            if not vcpu.interrupts_enabled:
+                return "halted"
+            if self._idle(wall_deadline) == "no-progress":
+                return "no-progress"
+        return None
+
+    def _idle(self, wall_deadline: float | None) -> str | None:
+        """HLT with interrupts on: wait for the next timer, a device, or host I/O."""
+        clock, reactor, pic = self._clock, self._reactor, self._pic
+        while not pic.has_interrupt() and not self._finished():
+            clock.fire_due()
+            if pic.has_interrupt():
+                return None
+            deadline = clock.next_deadline()
+            if self._idle_skip_allowed():
+                if reactor.poll(0):
+                    continue
+                if deadline is None:
+                    return "no-progress"
+                skipped = clock.skip_to(deadline)
+                self.stats.skipped_ns += skipped
+                self._vcpu.advance_tsc(skipped)
+                continue
+            timeout = None if deadline is None else max(0.0, (deadline - clock.now_ns()) / 1e9)
+            if wall_deadline is not None:
+                left = max(0.0, wall_deadline - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
+                if left == 0.0:
+                    return None
+            if timeout is None and reactor.is_empty():
+                return "no-progress"
+            if reactor.is_empty():
+                time.sleep(timeout)
+            else:
+                reactor.poll(timeout)
+            self._between_slices()
+        return None
