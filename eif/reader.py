@@ -96,12 +96,14 @@ class EifImage:
                 f"{len(self.sections)} sections, crc_ok={self.crc_ok})")
 
     def _open_unchanged(self) -> BinaryIO:
-        file = open(self.path, "rb")
-        info = os.fstat(file.fileno())
-        if _identity(info) != self._identity:
-            file.close()
+        try:
+            descriptor = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as error:
+            raise EifError(f"cannot open EIF {self.path}: {error.strerror or error}") from None
+        if _identity(os.fstat(descriptor)) != self._identity:
+            os.close(descriptor)
             raise EifError(f"{self.path}: the file changed since it was validated")
-        return file
+        return os.fdopen(descriptor, "rb")
 
     def read_kernel(self) -> bytes:
         """The kernel section's data (bzImage or arm64 Image)."""
@@ -153,14 +155,15 @@ def read_eif(path: str | os.PathLike, *, threaded: bool | None = None) -> EifIma
     `threaded` forces hashing on worker threads (True) or inline (False); by default
     files above a few MiB use threads."""
     path = os.fspath(path)
-    try:
-        file = open(path, "rb")
+    try:  # non-blocking open: a FIFO must not hang us waiting for a writer
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as error:
         raise EifError(f"cannot open EIF {path}: {error.strerror or error}") from None
-    with file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise EifError(f"{path}: not a regular file")
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        raise EifError(f"{path}: not a regular file")
+    with os.fdopen(descriptor, "rb") as file:
         try:
             return _read(file, path, info, threaded)
         except OSError as error:
