@@ -5,10 +5,11 @@ import os
 import re
 import secrets
 
-from devices.nsm import NsmDevice, NsmHandler, PcrBank, measure
+from devices.nsm import NsmDevice, NsmHandler, PcrBank
 from devices.nsm.handler import FIELD_LIMIT
 from devices.nsm.pcr import BOOT_LOCKED, PCR_SIZE
 from nitro_emu.attestation.ca import LocalCA
+from eif.pcr import pcr_of_string
 from nitro_emu.attestation.errors import AttestationError
 
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
@@ -38,9 +39,9 @@ def boot_pcrs(*, pcr0: bytes, pcr1: bytes, pcr2: bytes, pcr8: bytes | None,
             continue
         bank.set_initial(index, bytes(value))
     if parent_role:
-        bank.set_initial(3, measure(parent_role.encode()))
+        bank.set_initial(3, pcr_of_string(parent_role))
     if parent_id:
-        bank.set_initial(4, measure(parent_id.encode()))
+        bank.set_initial(4, pcr_of_string(parent_id))
     bank.lock_range(BOOT_LOCKED)
     return bank
 
