@@ -21,7 +21,7 @@ from eif.errors import EifError
 from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
 from eif.metadata import BuildInfo, Metadata, rfc3339_now
 from eif.pcr import Measurements, pcr8_from_certificate
-from eif.signature import sign_pcr0
+from eif.signature import load_certificate, sign_pcr0
 from eif.stream import THREAD_THRESHOLD, ChunkPool, Measurer
 
 ARCHES = {"x86_64": 0, "aarch64": layout.FLAG_ARCH_AARCH64}
@@ -91,17 +91,15 @@ def build_eif(output: str | os.PathLike, *, kernel: str | os.PathLike, cmdline: 
 
 def _load_signer(certificate_path: str | os.PathLike, key_path: str | os.PathLike
                  ) -> tuple[bytes, object]:
-    from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
     pem = _read_small(certificate_path)
     key_bytes = _read_small(key_path)
     try:
-        certificate = x509.load_pem_x509_certificate(pem)
+        certificate = load_certificate(pem)
     except ValueError as error:
-        raise EifError(f"{os.fspath(certificate_path)}: not a PEM X.509 certificate: "
-                       f"{error}") from None
+        raise EifError(f"{os.fspath(certificate_path)}: {error}") from None
     try:
         key = serialization.load_pem_private_key(key_bytes, password=None)
     except (ValueError, TypeError) as error:

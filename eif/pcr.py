@@ -47,15 +47,14 @@ def pcr_of_string(s: str) -> bytes:
 
 def certificate_der_from_pem(pem: bytes) -> bytes:
     """DER of the first certificate in a PEM blob; EifError if there is none."""
-    from cryptography import x509
-
-    try:
-        cert = x509.load_pem_x509_certificate(bytes(pem))
-    except (ValueError, TypeError) as error:
-        raise EifError(f"signing certificate is not a PEM X.509 certificate: {error}") from None
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    return cert.public_bytes(Encoding.DER)
+    from eif.signature import load_certificate
+
+    try:
+        return load_certificate(pem).public_bytes(Encoding.DER)
+    except ValueError as error:
+        raise EifError(str(error)) from None
 
 
 def pcr8_from_certificate(pem: bytes) -> bytes:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from eif import cbor, cose
 from eif.cbor import U8Array
@@ -50,6 +51,23 @@ class ParsedSignature:
     entries: int
 
 
+def load_certificate(pem: bytes) -> x509.Certificate:
+    """The first certificate of a PEM blob, with every field describe-eif shows parsed
+    now (cryptography parses some lazily); ValueError saying what is wrong."""
+    try:
+        certificate = x509.load_pem_x509_certificate(bytes(pem))
+        certificate.public_bytes(Encoding.DER)
+        list(certificate.issuer)
+        certificate.signature_algorithm_oid
+        certificate.not_valid_before_utc
+        certificate.not_valid_after_utc
+        certificate.signature
+    except Exception as error:  # cryptography raises several unrelated classes
+        raise ValueError(f"signing certificate is not a usable PEM X.509 certificate: "
+                         f"{error}") from None
+    return certificate
+
+
 def parse_section(data: bytes, where: str) -> ParsedSignature:
     """Parse and check the structure (not yet the signature). EifError names `where`."""
     try:
@@ -71,16 +89,13 @@ def parse_section(data: bytes, where: str) -> ParsedSignature:
         parsed.append((pem, sig))
     pem, sig = parsed[0]
     try:
-        certificate = x509.load_pem_x509_certificate(pem)
+        certificate = load_certificate(pem)
     except ValueError as error:
-        raise EifError(f"{where}: signing certificate is not a PEM X.509 certificate: "
-                       f"{error}") from None
+        raise EifError(f"{where}: {error}") from None
     try:
         cose_object = cose.CoseSign1.from_bytes(sig)
     except cose.CoseError as error:
         raise EifError(f"{where}: {error}") from None
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     der = certificate.public_bytes(Encoding.DER)
     return ParsedSignature(pem, certificate, cose_object, pcr_of_bytes(der), len(parsed))
 
@@ -90,11 +105,13 @@ def check_signature(parsed: ParsedSignature, pcr0: bytes) -> tuple[bool, str | N
     the certificate's key and signs PcrInfo(0, pcr0); problem says why not, and is set
     only when the signature itself does not verify (nitro-cli then fails)."""
     try:
-        valid = parsed.cose.verify(parsed.certificate.public_key())
+        key = parsed.certificate.public_key()
+    except Exception as error:  # e.g. UnsupportedAlgorithm for an unknown key type
+        return False, f"cannot use the certificate's public key: {error}"
+    try:
+        valid = parsed.cose.verify(key)
     except cose.CoseError as error:
         return False, str(error)
-    except ValueError as error:  # unsupported key in the certificate
-        return False, f"cannot use the certificate's public key: {error}"
     if not valid:
         return False, "the COSE signature does not verify with the signing certificate"
     return parsed.cose.payload == pcr_info_payload(0, pcr0), None
