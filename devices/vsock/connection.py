@@ -460,6 +460,7 @@ class Connection:
         if self.state == CLOSING:
             log.info("vsock: guest did not answer SHUTDOWN on %r; resetting", self)
             self.reset()
+            self.device.kick()
 
     def _host_failed(self, error: OSError) -> None:
         log.info("vsock: host socket of %r failed: %s; resetting", self, error)

@@ -202,6 +202,7 @@ class GuestSocket:
         self.reset_received = False
         self.pending_tx = bytearray()
         self.pending_eom = False
+        self.pending_shutdown = 0
 
     # credit -----------------------------------------------------------------------------
     def credit(self) -> int:
@@ -227,14 +228,16 @@ class GuestSocket:
         while self.pending_tx and self.state == "connected":
             n = min(len(self.pending_tx), self.credit(), P.MAX_PKT_PAYLOAD)
             if n == 0:
-                return
+                break
             last = n == len(self.pending_tx)
             flags = P.SEQ_EOM if (self.type == P.TYPE_SEQPACKET and last) else 0
             chunk = bytes(self.pending_tx[:n])
             del self.pending_tx[:n]
             self.tx_cnt = (self.tx_cnt + n) & 0xFFFFFFFF
-            if not self.guest.send_raw(self._header(P.OP_RW, n, flags), chunk):
-                return
+            self.guest.send_raw(self._header(P.OP_RW, n, flags), chunk)
+        if self.pending_shutdown and not self.pending_tx and self.state != "closed":
+            flags, self.pending_shutdown = self.pending_shutdown, 0
+            self.send_op(P.OP_SHUTDOWN, flags)
 
     def read(self, limit: int | None = None) -> bytes:
         """Consume received bytes (the application read) and send a credit update the way
@@ -261,12 +264,15 @@ class GuestSocket:
             self.send_op(P.OP_CREDIT_UPDATE)
 
     def shutdown(self, flags: int) -> None:
-        self.send_op(P.OP_SHUTDOWN, flags)
+        """Like shutdown(2) after a blocking send: goes out once queued data has."""
+        self.pending_shutdown |= flags
+        self.flush()
 
     def close(self) -> None:
-        """Linux close(): SHUTDOWN(both), then wait for RST."""
+        """Linux close(): SHUTDOWN(both) once queued data is out, then wait for RST."""
         self.shutdown(P.SHUTDOWN_BOTH)
-        self.state = "closing"
+        if self.state == "connected":
+            self.state = "closing"
 
     # receive ----------------------------------------------------------------------------
     def on_packet(self, hdr: P.Header, payload: bytes) -> None:
@@ -398,12 +404,12 @@ class VsockGuest:
         if used:
             self.fill_rx()
         for sock in list(self.sockets.values()):
-            if sock.pending_tx:
+            if sock.pending_tx or sock.pending_shutdown:
                 sock.flush()
         return len(used)
 
     def _dispatch(self, hdr: P.Header, payload: bytes) -> None:
-        assert hdr.dst_cid == self.cid and hdr.src_cid == P.CID_PARENT, hdr
+        assert hdr.dst_cid == self.cid, hdr
         sock = self.sockets.get((hdr.dst_port, hdr.src_port))
         if sock is not None:
             sock.on_packet(hdr, payload)

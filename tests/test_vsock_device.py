@@ -1,0 +1,573 @@
+"""The vsock device end to end at device level: a Python guest driver on one side of the
+real MMIO transport, real host sockets (TCP on 127.0.0.1, Unix in tmp dirs) on the other."""
+import hashlib
+import os
+import socket
+import threading
+
+import pytest
+
+from devices.vsock import VsockConfig
+from devices.vsock import packet as P
+from devices.vsock.guest_driver import Harness
+
+MB = 1 << 20
+
+
+# -- real host servers ------------------------------------------------------------------
+
+class Server:
+    """A threaded server on a real socket; `handler(conn)` runs per connection."""
+
+    def __init__(self, family=socket.AF_INET, address=("127.0.0.1", 0), handler=None,
+                 kind=socket.SOCK_STREAM):
+        self.sock = socket.socket(family, kind)
+        if family == socket.AF_INET:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(address)
+        self.sock.listen(128)
+        self.address = self.sock.getsockname()
+        self.handler = handler or echo
+        self.results = []
+        self.threads = []
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            t = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _run(self, conn):
+        with conn:
+            try:
+                self.results.append(self.handler(conn))
+            except OSError as error:
+                self.results.append(error)
+
+    def join(self, timeout=20):
+        for t in list(self.threads):
+            t.join(timeout)
+
+    def close(self):
+        self.sock.close()
+
+
+def echo(conn):
+    total = 0
+    while data := conn.recv(65536):
+        conn.sendall(data)
+        total += len(data)
+    return total
+
+
+def sink(conn):
+    digest, total = hashlib.sha256(), 0
+    while data := conn.recv(65536):
+        digest.update(data)
+        total += len(data)
+    return total, digest.hexdigest()
+
+
+@pytest.fixture
+def bench():
+    made = []
+
+    def make(config=None, **options):
+        h = Harness(config or VsockConfig(), **options)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def tcp_forward(server, port=7000, **config_options):
+    host, tport = server.address[:2]
+    config = VsockConfig(**config_options)
+    config.add_forward(f"{port}=tcp:{host}:{tport}")
+    return config
+
+
+def guest_transfer(h, sock, data, read_chunk=None):
+    """Send `data` from the guest socket and read everything back until the host's EOF."""
+    sock.send(data)
+    received = bytearray()
+
+    def done():
+        received.extend(sock.read(read_chunk))
+        return sock.peer_shutdown & P.SHUTDOWN_SEND or sock.state == "closed"
+
+    h.pump(done)
+    received.extend(sock.read())
+    return bytes(received)
+
+
+# -- heartbeat ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("two_descriptor_rx", [False, True])
+def test_heartbeat(bench, two_descriptor_rx):
+    seen = []
+    h = bench(VsockConfig(on_heartbeat=seen.append), two_descriptor_rx=two_descriptor_rx)
+    assert h.guest.cid == 16
+    s = h.guest.connect(9000)
+    h.pump(lambda: s.state == "connected")
+    s.send(bytes([0xB7]))
+    h.pump(lambda: s.rx)
+    assert s.read() == b"\xb7" and seen == [True] and h.device.heartbeats == 1
+    s.close()
+    h.pump(lambda: s.state == "closed")
+    assert s.reset_received and not h.device.conns
+
+
+def test_heartbeat_wrong_byte_is_not_answered(bench):
+    seen = []
+    h = bench(VsockConfig(on_heartbeat=seen.append))
+    s = h.guest.connect(9000)
+    h.pump(lambda: s.state == "connected")
+    s.send(b"\x00")
+    h.pump(lambda: s.peer_shutdown or s.state == "closed")
+    assert not s.rx and seen == [False]
+
+
+# -- guest -> parent forwarding -------------------------------------------------------
+
+def test_forward_tcp_echo(bench):
+    server = Server()
+    h = bench(tcp_forward(server))
+    s = h.guest.connect(7000)
+    h.pump(lambda: s.state == "connected")
+    data = os.urandom(3 * MB)
+    s.send(data)
+    got = bytearray()
+    h.pump(lambda: got.extend(s.read()) or len(got) >= len(data))
+    assert bytes(got) == data
+    s.close()
+    h.pump(lambda: s.state == "closed")
+    server.join()
+    assert server.results == [len(data)] and h.guest.violations == 0
+
+
+def test_forward_unix_and_half_close(bench, tmp_path):
+    path = str(tmp_path / "echo.sock")
+    server = Server(socket.AF_UNIX, path)
+    config = VsockConfig()
+    config.add_forward(f"7001=unix:{path}")
+    h = bench(config)
+    s = h.guest.connect(7001)
+    h.pump(lambda: s.state == "connected")
+    data = os.urandom(500_000)
+    s.send(data)
+    s.shutdown(P.SHUTDOWN_SEND)          # guest: no more data; host sees EOF, echo ends
+    assert guest_transfer(h, s, b"") == data
+    s.close()
+    h.pump(lambda: s.state == "closed")
+    assert not h.device.conns
+
+
+def test_unforwarded_port_gets_rst(bench):
+    h = bench()
+    s = h.guest.connect(12345)
+    h.pump(lambda: s.state == "closed")
+    assert s.reset_received
+
+
+def test_forward_to_nothing_gets_rst(bench):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()                                      # nothing listens there now
+    config = VsockConfig()
+    config.add_forward(f"7002=tcp:127.0.0.1:{port}")
+    h = bench(config)
+    s = h.guest.connect(7002)
+    h.pump(lambda: s.state == "closed")
+    assert s.reset_received and not h.device.conns
+
+
+def test_rst_for_other_cids_and_bad_types(bench):
+    h = bench()
+    g = h.guest
+    g.send_raw(P.pack_header(16, 2, 1111, 80, 0, P.TYPE_STREAM, P.OP_REQUEST, 0, 4096, 0))
+    g.send_raw(P.pack_header(16, 3, 1112, 9000, 0, 7, P.OP_REQUEST, 0, 4096, 0))
+    g.send_raw(P.pack_header(16, 3, 1113, 9000, 0, P.TYPE_STREAM, P.OP_RW, 0, 4096, 0))
+    g.send_raw(P.pack_header(16, 3, 1114, 9000, 0, P.TYPE_STREAM, P.OP_RST, 0, 4096, 0))
+    g.send_raw(P.pack_header(99, 3, 1115, 9000, 0, P.TYPE_STREAM, P.OP_REQUEST, 0, 4096, 0))
+    h.pump(lambda: len(g.unknown) >= 3)
+    h.step()
+    assert sorted((u.op, u.src_cid, u.dst_port) for u in g.unknown) == [
+        (P.OP_RST, 2, 1111), (P.OP_RST, 3, 1112), (P.OP_RST, 3, 1113)]
+
+
+# -- parent -> guest publishing --------------------------------------------------------
+
+def guest_echo(h):
+    """One round of a guest echo server on every accepted socket."""
+    for s in list(h.guest.accepted):
+        data = s.read()
+        if data:
+            s.send(data)
+        if s.peer_shutdown & P.SHUTDOWN_SEND and not s.rx and not s.pending_tx \
+                and s.state == "connected":
+            s.close()
+            h.guest.accepted.remove(s)
+
+
+def host_client(address, data, results):
+    with socket.create_connection(address) as c:
+        sender = threading.Thread(target=lambda: (c.sendall(data), c.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got = bytearray()
+        while chunk := c.recv(65536):
+            got += chunk
+        sender.join()
+    results.append(bytes(got))
+
+
+def published_address(h):
+    return h.device.published[0][1]
+
+
+def test_publish_10mb_echo(bench):
+    config = VsockConfig()
+    config.add_publish("127.0.0.1:0:5000")
+    h = bench(config)
+    h.guest.listen(5000)
+    data = os.urandom(10 * MB)
+    results = []
+    client = threading.Thread(target=host_client, args=(published_address(h), data, results))
+    client.start()
+    h.pump(lambda: guest_echo(h) or results, timeout=120)
+    client.join()
+    assert hashlib.sha256(results[0]).digest() == hashlib.sha256(data).digest()
+    h.pump(lambda: not h.device.conns)
+    assert h.guest.violations == 0
+
+
+def test_publish_50_concurrent(bench):
+    config = VsockConfig()
+    config.add_publish("127.0.0.1:0:5000")
+    h = bench(config)
+    h.guest.listen(5000)
+    payloads = [os.urandom(50_000 + i) for i in range(50)]
+    results = []
+    clients = [threading.Thread(target=host_client,
+                                args=(published_address(h), p, results)) for p in payloads]
+    for c in clients:
+        c.start()
+    h.pump(lambda: guest_echo(h) or len(results) == 50, timeout=120)
+    for c in clients:
+        c.join()
+    assert sorted(results) == sorted(payloads)
+    h.pump(lambda: not h.device.conns)
+
+
+def test_publish_to_port_without_listener_closes_host_socket(bench):
+    config = VsockConfig()
+    config.add_publish("127.0.0.1:0:5555")
+    h = bench(config)
+    with socket.create_connection(published_address(h)) as c:
+        c.settimeout(10)
+        h.pump(lambda: h.guest.unknown and not h.device.conns)
+        assert c.recv(10) == b""                      # closed, not left hanging
+
+
+def test_publish_guest_never_answers_times_out(bench):
+    config = VsockConfig(connect_timeout_s=1.0)
+    config.add_publish("127.0.0.1:0:5000")
+    h = bench(config)
+    h.guest._dispatch = lambda hdr, payload: None     # a guest that ignores REQUESTs
+    with socket.create_connection(published_address(h)) as c:
+        c.settimeout(10)
+        h.pump(lambda: h.device.conns)
+        h.clock.skip_to(h.clock.now_ns() + 2 * 10**9)
+        h.pump(lambda: not h.device.conns)
+        assert c.recv(10) == b""
+
+
+# -- credit --------------------------------------------------------------------------
+
+def test_device_respects_small_guest_credit(bench):
+    blob = os.urandom(2 * MB)
+    server = Server(handler=lambda c: c.sendall(blob))
+    h = bench(tcp_forward(server))
+    s = h.guest.connect(7000, buf_alloc=8192)
+    h.pump(lambda: s.state == "connected")
+    got = guest_transfer(h, s, b"", read_chunk=3000)   # CreditViolation if exceeded
+    assert got == blob and h.guest.violations == 0
+
+
+def test_slow_host_reader_stalls_only_its_connection(bench):
+    release = threading.Event()
+
+    def slow_sink(conn):
+        release.wait(30)
+        return sink(conn)
+
+    server = Server(handler=slow_sink)
+    h = bench(tcp_forward(server))
+    s = h.guest.connect(7000)
+    h.pump(lambda: s.state == "connected")
+    data = os.urandom(8 * MB)
+    s.send(data)
+    h.pump(lambda: s.credit() == 0 and not h.guest.tx_backlog)
+    conn = h.device.conns[(7000, s.local_port)]
+    assert conn.to_host_bytes <= conn.buf_alloc
+    assert s.pending_tx                                   # the guest is held by credit
+    hb = h.guest.connect(9000)                            # tx keeps flowing meanwhile
+    h.pump(lambda: hb.state == "connected")
+    hb.send(b"\xb7")
+    h.pump(lambda: hb.rx)
+    release.set()
+    h.pump(lambda: not s.pending_tx, timeout=60)
+    s.close()
+    h.pump(lambda: s.state == "closed")
+    server.join()
+    assert server.results == [(len(data), hashlib.sha256(data).hexdigest())]
+
+
+def test_guest_exceeding_our_credit_is_reset(bench):
+    release = threading.Event()
+    server = Server(handler=lambda c: release.wait(30))
+    h = bench(tcp_forward(server, buf_alloc=16384))
+    s = h.guest.connect(7000)
+    h.pump(lambda: s.state == "connected")
+    assert s.peer_buf_alloc == 16384
+    s.peer_buf_alloc = 1 << 30                            # a guest that ignores credit
+    s.send(os.urandom(4 * MB))
+    h.pump(lambda: s.state == "closed")
+    assert s.reset_received
+    release.set()
+
+
+def test_credit_request_is_answered(bench):
+    h = bench()
+    s = h.guest.connect(9000)
+    h.pump(lambda: s.state == "connected")
+    before = h.guest.packets_in
+    s.send_op(P.OP_CREDIT_REQUEST)
+    h.pump(lambda: h.guest.packets_in > before)
+    assert s.peer_buf_alloc == VsockConfig().buf_alloc
+
+
+# -- closing -------------------------------------------------------------------------
+
+def test_machine_stop_mid_transfer_closes_host_sockets(bench):
+    server = Server(handler=sink)
+    h = bench(tcp_forward(server))
+    s = h.guest.connect(7000)
+    h.pump(lambda: s.state == "connected")
+    s.send(os.urandom(4 * MB))
+    for _ in range(20):
+        h.step()
+    h.device.close()
+    server.join()
+    assert len(server.results) == 1 and not h.device.conns   # the sink saw EOF and ended
+    assert not h.reactor._selector.get_map()
+
+
+def test_guest_close_mid_transfer_closes_host_socket(bench):
+    results = []
+    config = VsockConfig()
+    config.add_publish("127.0.0.1:0:5000")
+    h = bench(config)
+    h.guest.listen(5000)
+
+    def client():
+        with socket.create_connection(published_address(h)) as c:
+            c.settimeout(20)
+            try:
+                while True:
+                    c.sendall(os.urandom(65536))
+            except OSError as error:
+                results.append(type(error).__name__)
+
+    t = threading.Thread(target=client)
+    t.start()
+    h.pump(lambda: h.guest.accepted)
+    s = h.guest.accepted[0]
+    h.pump(lambda: len(s.rx) > 100_000)
+    s.close()                                   # guest closes with data unread
+    h.pump(lambda: s.state == "closed")
+    t.join(20)
+    assert results and results[0] in ("BrokenPipeError", "ConnectionResetError")
+    assert not h.device.conns
+
+
+def test_host_eof_then_guest_close(bench):
+    server = Server(handler=lambda c: c.sendall(b"bye"))
+    h = bench(tcp_forward(server))
+    s = h.guest.connect(7000)
+    h.pump(lambda: s.state == "connected")
+    assert guest_transfer(h, s, b"") == b"bye"
+    assert s.peer_shutdown & P.SHUTDOWN_SEND
+    s.close()
+    h.pump(lambda: s.state == "closed" and not h.device.conns)
+
+
+def test_full_close_from_both_sides_waits_for_guest_rst(bench):
+    server = Server(handler=lambda c: (c.recv(10), c.sendall(b"x")))
+    h = bench(tcp_forward(server))
+    s = h.guest.connect(7000)
+    h.pump(lambda: s.state == "connected")
+    s.send(b"hi")
+    s.shutdown(P.SHUTDOWN_SEND)
+    h.pump(lambda: s.peer_shutdown == P.SHUTDOWN_BOTH or s.state == "closed")
+    assert s.read() == b"x"
+    s.close()                      # the application closes: its SHUTDOWN is answered with RST
+    h.pump(lambda: not h.device.conns and s.state == "closed")
+    assert s.reset_received
+
+
+def test_close_timeout_when_guest_never_answers(bench):
+    server = Server(handler=lambda c: c.recv(10))
+    h = bench(tcp_forward(server))
+    s = h.guest.connect(7000)
+    h.pump(lambda: s.state == "connected")
+    s.rx += b"unread"              # Linux keeps the socket while data is unread
+    s.shutdown(P.SHUTDOWN_SEND)
+    h.pump(lambda: s.peer_shutdown == P.SHUTDOWN_BOTH)
+    for _ in range(5):
+        h.step()
+    assert h.device.conns and s.state == "connected"
+    h.clock.skip_to(h.clock.now_ns() + 9 * 10**9)
+    h.pump(lambda: not h.device.conns and s.state == "closed")
+    assert s.reset_received
+
+
+# -- Firecracker hybrid vsock ---------------------------------------------------------
+
+def test_hybrid_uds_both_directions(bench, tmp_path):
+    base = str(tmp_path / "v.sock")
+    server = Server(socket.AF_UNIX, f"{base}_6000")
+    h = bench(VsockConfig(uds_path=base))
+    # guest -> parent port 6000 goes to base_6000
+    s = h.guest.connect(6000)
+    h.pump(lambda: s.state == "connected")
+    data = os.urandom(200_000)
+    s.send(data)
+    got = bytearray()
+    h.pump(lambda: got.extend(s.read()) or len(got) == len(data))
+    assert got == data
+    # host -> guest port 5000 via CONNECT
+    h.guest.listen(5000)
+    results = []
+
+    def client():
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(base)
+            c.sendall(b"CONNECT 5000\nhello")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                reply += c.recv(1)
+            results.append(reply)
+            results.append(c.recv(5))
+
+    t = threading.Thread(target=client)
+    t.start()
+    h.pump(lambda: guest_echo(h) or len(results) == 2)
+    t.join()
+    assert results[0].startswith(b"OK ") and int(results[0][3:]) >= 1 << 30
+    assert results[1] == b"hello"
+
+
+def test_hybrid_uds_bad_handshake_is_dropped(bench, tmp_path):
+    base = str(tmp_path / "v.sock")
+    h = bench(VsockConfig(uds_path=base))
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(base)
+        c.settimeout(10)
+        c.sendall(b"HELLO\n")
+        h.pump(lambda: h.reactor.poll(0) == 0 and True)
+        for _ in range(10):
+            h.step(0.01)
+        assert c.recv(10) == b""
+
+
+# -- SEQPACKET -------------------------------------------------------------------------
+
+def test_seqpacket_to_unix_keeps_message_boundaries(bench, tmp_path):
+    path = str(tmp_path / "seq.sock")
+
+    def message_echo(conn):
+        count = 0
+        while msg := conn.recv(1 << 20):
+            conn.send(msg)
+            count += 1
+        return count
+
+    server = Server(socket.AF_UNIX, path, handler=message_echo, kind=socket.SOCK_SEQPACKET)
+    config = VsockConfig()
+    config.add_forward(f"7003=unix:{path}")
+    h = bench(config)
+    s = h.guest.connect(7003, type_=P.TYPE_SEQPACKET)
+    h.pump(lambda: s.state == "connected")
+    messages = [os.urandom(n) for n in (1, 100, 5000, 70_000, 3)]
+    for m in messages:
+        s.send(m, eom=True)
+        h.pump(lambda: not s.pending_tx)
+    got = []
+    h.pump(lambda: (m := s.read_message()) is not None and got.append(m) or len(got) == 5)
+    assert got == messages
+
+
+def test_seqpacket_to_tcp_is_refused(bench):
+    server = Server()
+    h = bench(tcp_forward(server))
+    s = h.guest.connect(7000, type_=P.TYPE_SEQPACKET)
+    h.pump(lambda: s.state == "closed")
+    assert s.reset_received
+
+
+# -- host AF_VSOCK -------------------------------------------------------------------
+
+def _vsock_loopback_port():
+    try:
+        listener = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        listener.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))
+        listener.listen(1)
+        probe = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        probe.settimeout(0.5)
+        probe.connect((1, listener.getsockname()[1]))
+        probe.close()
+        listener.accept()[0].close()
+        return listener
+    except (AttributeError, OSError):
+        return None
+
+
+def test_forward_to_host_af_vsock(bench):
+    listener = _vsock_loopback_port()
+    if listener is None:
+        pytest.skip("the host kernel offers no AF_VSOCK loopback (vsock_loopback)")
+    port = listener.getsockname()[1]
+    listener.close()
+    server = Server(socket.AF_VSOCK, (socket.VMADDR_CID_ANY, port))
+    config = VsockConfig()
+    config.add_forward(f"7004=vsock:1:{port}")
+    h = bench(config)
+    s = h.guest.connect(7004)
+    h.pump(lambda: s.state == "connected")
+    data = os.urandom(300_000)
+    s.send(data)
+    got = bytearray()
+    h.pump(lambda: got.extend(s.read()) or len(got) == len(data))
+    assert got == data
+
+
+# -- event queue -----------------------------------------------------------------------
+
+def test_transport_reset_event(bench):
+    h = bench()
+    s = h.guest.connect(9000)
+    h.pump(lambda: s.state == "connected")
+    assert h.device.send_transport_reset()
+    used = h.guest.evq.get_used()
+    assert len(used) == 1 and used[0][1] == 4 and not h.device.conns
