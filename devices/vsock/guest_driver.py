@@ -382,7 +382,8 @@ class VsockGuest:
         """Handle everything the device returned (what the rx/tx workers do)."""
         self.driver.ack_interrupt()
         for addr, _ in self.txq.get_used():
-            self.tx_pool.append(addr)
+            if addr is not None:
+                self.tx_pool.append(addr)
         sent = False
         while self.tx_backlog and self.tx_pool and self.txq.num_free >= 2:
             self._tx(*self.tx_backlog.popleft())
