@@ -57,7 +57,6 @@ def build(argv: list[str]) -> int:
         raise UsageError("nitro-emu build-eif: --signing-certificate and --private-key "
                          "go together")
     custom = load_custom_metadata_file(args.metadata) if args.metadata else None
-    print("Start building the Enclave Image...", file=sys.stderr)
     measurements = build_eif(
         args.output, kernel=args.kernel, cmdline=args.cmdline, ramdisks=args.ramdisk,
         name=args.name, version=args.version, metadata=custom, build_time=args.build_time,
