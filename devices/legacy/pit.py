@@ -255,7 +255,7 @@ class Pit8254:
         ch.status_latch = None
         ch.null_count = True
         if ch.index == 0:
-            self._arm()
+            self._arm(now)
 
     def _write_counter(self, ch: _Channel, value: int) -> None:
         rw = ch.rw
@@ -267,9 +267,10 @@ class Pit8254:
             ch.write_lsb = value
             ch.write_msb_next = True
             if ch.mode == 0:                       # the first byte stops a mode 0 count
-                ch.hold(self._now(), out=False)
+                now = self._now()
+                ch.hold(now, out=False)
                 if ch.index == 0:
-                    self._arm()
+                    self._arm(now)
             return
         else:
             ch.write_msb_next = False
@@ -308,7 +309,7 @@ class Pit8254:
                 ch.held_value = count % ch.modulus
                 ch.held_out = mode != 0
         if ch.index == 0:
-            self._arm()
+            self._arm(now)
 
     def set_gate(self, ch: _Channel, high: bool) -> None:
         """Gate input change (only channel 2's gate is wired, to port 0x61 bit 0)."""
@@ -336,7 +337,7 @@ class Pit8254:
             elif mode == 0 or mode == 4:
                 ch.hold(now)
         if ch.index == 0:
-            self._arm()
+            self._arm(now)
 
     def _read_port61(self) -> int:
         now = self._now()
@@ -349,8 +350,11 @@ class Pit8254:
 
     # -- IRQ 0 --------------------------------------------------------------------------
 
-    def _arm(self) -> None:
-        """(Re)schedule the timer for channel 0's next rising edge, if it has one."""
+    def _arm(self, now: int) -> None:
+        """(Re)schedule the timer for channel 0's next rising edge after time `now`, if it
+        has one. `now` is the moment of the change that re-arms, so an edge cannot be
+        missed because host time moved on while the write was handled (a late deadline
+        simply fires at the next `fire_due`)."""
         timer = self._timer
         if timer is not None:
             timer.cancel()
@@ -362,7 +366,7 @@ class Pit8254:
         mode = ch.mode
         if (mode == 1 or mode == 5) and not ch.triggered:
             return
-        edge = ch.next_edge(ch.ticks(self._now()))
+        edge = ch.next_edge(ch.ticks(now))
         if edge is None:
             return
         self._timer = self._clock.add_timer(start + ticks_to_ns(edge), self._fire)
@@ -370,7 +374,7 @@ class Pit8254:
     def _fire(self) -> None:
         self._timer = None
         self._irq0.pulse()
-        self._arm()
+        self._arm(self._now())
 
     @property
     def next_irq_ns(self) -> int | None:
