@@ -110,6 +110,8 @@ def parse_metadata(data: bytes, where: str) -> Metadata | None:
             raise EifError(f"{where}: {path}{key} is a {_json_kind(obj[key])}, not a string")
         return obj[key]
 
+    image_name = text(value, "ImageName", "")
+    image_version = text(value, "ImageVersion", "")
     build = value.get("BuildMetadata")
     if build is None and "BuildMetadata" not in value:
         raise EifError(f"{where}: missing key BuildMetadata")
@@ -119,8 +121,8 @@ def parse_metadata(data: bytes, where: str) -> Metadata | None:
         if key not in value:
             raise EifError(f"{where}: missing key {key}")
     return Metadata(
-        image_name=text(value, "ImageName", ""),
-        image_version=text(value, "ImageVersion", ""),
+        image_name=image_name,
+        image_version=image_version,
         build=BuildInfo(*(text(build, key, "BuildMetadata.") for key in BUILD_KEYS)),
         docker_info=value["DockerInfo"],
         custom_metadata=value["CustomMetadata"],
