@@ -3,8 +3,10 @@ joined ramdisks (as QEMU's nitro-enclave machine would) and the enclave prints i
 
 This checks the images independently of nitro-emu. Skipped only when QEMU is missing.
 """
+import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -21,12 +23,13 @@ HANG_LIMIT_S = 600
 @pytest.fixture(scope="module")
 def guest_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("guest")
-    build(out, ["hello"], log=lambda *_: None)
+    build(out, ["hello", "sysbench", "shell"], log=lambda *_: None)
     return out
 
 
-def boot(eif_path: Path, work: Path, append: str = "nitro_emu.heartbeat=off",
-         machine: str = "microvm") -> subprocess.CompletedProcess:
+def qemu_command(eif_path: Path, work: Path, append: str = "nitro_emu.heartbeat=off",
+                 machine: str = "microvm") -> list[str]:
+    """QEMU's command line for the EIF's kernel, joined ramdisks and command line."""
     image = read_eif(eif_path)
     (work / "bzImage").write_bytes(image.read_kernel())
     (work / "initrd").write_bytes(image.read_ramdisks())
@@ -36,8 +39,13 @@ def boot(eif_path: Path, work: Path, append: str = "nitro_emu.heartbeat=off",
            "-nographic", "-no-reboot", "-device", "i8042", "-kernel", str(work / "bzImage"),
            "-initrd", str(work / "initrd"),
            "-append", f"{image.cmdline} {append}"]
-    return subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                          timeout=HANG_LIMIT_S)
+    return cmd
+
+
+def boot(eif_path: Path, work: Path, append: str = "nitro_emu.heartbeat=off",
+         machine: str = "microvm") -> subprocess.CompletedProcess:
+    return subprocess.run(qemu_command(eif_path, work, append, machine), stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=HANG_LIMIT_S)
 
 
 @pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
@@ -59,3 +67,38 @@ def test_without_vsock_the_heartbeat_fails_and_the_enclave_dies(guest_dir, tmp_p
     assert "init: heartbeat: " in console, console[-3000:]
     assert "Kernel panic" in console
     assert HELLO_LINE not in console
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+def test_sysbench_runs_and_exits(guest_dir, tmp_path):
+    r = boot(guest_dir / "sysbench.eif", tmp_path)
+    console = r.stdout.decode(errors="replace")
+    for name in ("syscall", "pagefault", "fork-exec"):
+        assert re.search(rf"^{name} +\d+ ops +[\d.]+ s +[\d.]+ us/op", console, re.M), console[-3000:]
+    assert r.returncode == 0
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+def test_shell_is_interactive_on_the_console(guest_dir, tmp_path):
+    """Type into the console once the shell prompts; the shell runs it and exits."""
+    proc = subprocess.Popen(qemu_command(guest_dir / "shell.eif", tmp_path), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = bytearray()
+    timer = threading.Timer(HANG_LIMIT_S, proc.kill)
+    timer.start()
+    try:
+        while b"# " not in seen.split(b"Run /init")[-1]:
+            chunk = proc.stdout.read1(4096)
+            if not chunk:
+                break
+            seen += chunk
+        proc.stdin.write(b"echo marker-$((6*7)); tty; exit\n")
+        proc.stdin.flush()
+        seen += proc.stdout.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+    console = seen.decode(errors="replace")
+    assert "marker-42" in console, console[-3000:]
+    assert "/dev/ttyS0" in console  # cttyhack gave the shell the real tty
+    assert proc.returncode == 0
