@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from eif import EifError, build_eif
 from guest import images as img
-from guest.env import BUILD_TIME, GUEST_DIR, SOURCE_DATE_EPOCH, cache_root, hash_tree
+from guest.env import BUILD_TIME, GUEST_DIR, SOURCE_DATE_EPOCH, cache_root, hash_tree, locked
 from guest.errors import GuestBuildError
 from guest.kernel import build_kernel
 from guest.programs import build_programs
@@ -34,21 +35,13 @@ def images_key() -> str:
     return hash_tree(GUEST_DIR, hashlib.sha256(bb).digest())
 
 
-def _eif_builder():
-    try:
-        from eif import build_eif
-    except ImportError:
-        return None
-    return build_eif
-
-
 def write_eif(out: Path, kernel: Path, cmdline: str, ramdisks: list[Path], name: str) -> dict:
     """Write the EIF with the project's eif package; returns its PCRs as hex strings."""
-    build_eif = _eif_builder()
-    if build_eif is None:
-        raise GuestBuildError(f"cannot write {out.name}: eif.build_eif is not available")
-    m = build_eif(out, kernel=kernel, cmdline=cmdline, ramdisks=ramdisks, name=name,
-                  version="1.0", build_time=BUILD_TIME)
+    try:
+        m = build_eif(out, kernel=kernel, cmdline=cmdline, ramdisks=ramdisks, name=name,
+                      version="1.0", build_time=BUILD_TIME)
+    except EifError as e:
+        raise GuestBuildError(f"writing {out}: {e}") from e
     return _pcrs_of(m)
 
 
@@ -72,14 +65,31 @@ def build_image(image: img.Image, stage: Path, programs: dict[str, Path], log=pr
     (d / "cmdline").write_text(img.AWS_CMDLINE)
     shutil.copyfile(kernel, d / "bzImage")
     entry = {"kernel": image.kernel, "cmd": list(image.cmd), "cmdline": img.AWS_CMDLINE}
-    if _eif_builder() is None:
-        log(f"image {image.name}: eif.build_eif not available, EIF not written")
-        return entry
     eif = stage / f"{image.name}.eif"
     pcrs = write_eif(eif, d / "bzImage", img.AWS_CMDLINE,
                      [d / "ramdisk-1.cpio", d / "ramdisk-2.cpio"], f"{EIF_VERSION_NAME}-{image.name}")
     entry.update(eif=f"{image.name}.eif", size=eif.stat().st_size, pcrs=pcrs)
     return entry
+
+
+def _build_missing(missing: list[str], cache: Path, manifest: dict, log) -> None:
+    """Build the images not yet in the cache and record them in the manifest."""
+    manifest_path = cache / "manifest.json"
+    programs = build_programs(log)
+    for n in missing:
+        t0 = time.monotonic()
+        stage = cache / ".stage"
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        entry = build_image(img.IMAGES[n], stage, programs, log)
+        shutil.rmtree(cache / n, ignore_errors=True)
+        (stage / n).rename(cache / n)
+        (stage / f"{n}.eif").replace(cache / f"{n}.eif")
+        shutil.rmtree(stage)
+        manifest[n] = entry
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        log(f"image {n}: {entry['size']} bytes, PCR0 {entry['pcrs'].get('PCR0', '?')} "
+            f"({time.monotonic() - t0:.1f} s)")
 
 
 def build(out: Path, only: list[str] | None = None, log=print) -> dict:
@@ -92,37 +102,11 @@ def build(out: Path, only: list[str] | None = None, log=print) -> dict:
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = cache / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    missing = [n for n in names if n not in manifest]
-    partial: dict[str, dict] = {}
-    if missing:
-        programs = build_programs(log)
-        for n in missing:
-            t0 = time.monotonic()
-            stage = cache / ".stage"
-            shutil.rmtree(stage, ignore_errors=True)
-            stage.mkdir(parents=True)
-            entry = build_image(img.IMAGES[n], stage, programs, log)
-            if "eif" not in entry:
-                # Without an EIF the image is incomplete: hand out its parts, cache nothing.
-                shutil.copytree(stage / n, out / n, dirs_exist_ok=True)
-                (out / entry["kernel"]).mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(stage / n / "bzImage", out / entry["kernel"] / "bzImage")
-                partial[n] = entry
-                continue
-            shutil.rmtree(cache / n, ignore_errors=True)
-            (stage / n).rename(cache / n)
-            (stage / f"{n}.eif").replace(cache / f"{n}.eif")
-            shutil.rmtree(stage)
-            manifest[n] = entry
-            manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-            log(f"image {n}: {entry['size']} bytes, PCR0 {entry['pcrs'].get('PCR0', '?')} "
-                f"({time.monotonic() - t0:.1f} s)")
-    out.mkdir(parents=True, exist_ok=True)
-    if partial:
-        raise GuestBuildError(
-            f"eif.build_eif is not available: wrote kernels and ramdisks of "
-            f"{', '.join(partial)} into {out} but no EIF files")
+    with locked(cache / ".lock"):
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        missing = [n for n in names if n not in manifest]
+        if missing:
+            _build_missing(missing, cache, manifest, log)
     for n in names:
         shutil.copyfile(cache / f"{n}.eif", out / f"{n}.eif")
         shutil.copytree(cache / n, out / n, dirs_exist_ok=True)

@@ -1,6 +1,8 @@
 """Where the guest build keeps its cache, and the pinned environment for reproducible builds."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -51,3 +53,15 @@ def hash_tree(root: Path, extra: bytes = b"") -> str:
         if p.is_file() and "__pycache__" not in p.parts and not p.name.endswith(".pyc")
     )
     return hash_files(files, extra)
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock file while building into a shared cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

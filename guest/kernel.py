@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from guest.env import GUEST_DIR, cache_root, hash_files, pinned_env
+from guest.env import GUEST_DIR, cache_root, hash_files, locked, pinned_env
 from guest.errors import GuestBuildError
 
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
@@ -71,6 +71,13 @@ def source_tree(log=print) -> Path:
     dest = cache_root() / "src" / f"linux-6.12-{digest}"
     if (dest / "Makefile").is_file():
         return dest
+    with locked(dest.with_name(dest.name + ".lock")):
+        if not (dest / "Makefile").is_file():
+            _unpack(dest, log)
+    return dest
+
+
+def _unpack(dest: Path, log) -> None:
     log(f"unpacking {SOURCE_TARBALL} into {dest}")
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -81,7 +88,6 @@ def source_tree(log=print) -> Path:
         raise GuestBuildError(f"{SOURCE_TARBALL}: expected one top-level directory")
     inner[0].rename(dest)
     tmp.rmdir()
-    return dest
 
 
 def kernel_key(profile: Profile) -> str:
@@ -122,6 +128,15 @@ def build_kernel(name: str, jobs: int = 2, log=print) -> Path:
     image = kdir / f"{name}-{key}.bzImage"
     if image.is_file():
         return image
+    with locked(kdir / f"{name}-{key}.lock"):
+        if image.is_file():  # another process built it while we waited
+            return image
+        return _build(profile, key, image, jobs, log)
+
+
+def _build(profile: Profile, key: str, image: Path, jobs: int, log) -> Path:
+    name = profile.name
+    kdir = image.parent
     src = source_tree(log)
     out = kdir / f"{name}-{key}"
     out.mkdir(parents=True, exist_ok=True)
