@@ -21,7 +21,6 @@ from eif.errors import EifError
 from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
 from eif.metadata import BuildInfo, Metadata, rfc3339_now
 from eif.pcr import Measurements, pcr8_from_certificate
-from eif.signature import load_certificate, sign_pcr0
 from eif.stream import THREAD_THRESHOLD, ChunkPool, Measurer
 
 ARCHES = {"x86_64": 0, "aarch64": layout.FLAG_ARCH_AARCH64}
@@ -92,6 +91,8 @@ def build_eif(output: str | os.PathLike, *, kernel: str | os.PathLike, cmdline: 
 def _load_signer(certificate_path: str | os.PathLike, key_path: str | os.PathLike
                  ) -> tuple[bytes, object]:
     from cryptography.hazmat.primitives import serialization
+
+    from eif.signature import load_certificate
     from cryptography.hazmat.primitives.asymmetric import ec
 
     pem = _read_small(certificate_path)
@@ -209,6 +210,8 @@ def _write_sections(out: BinaryIO, plan: list, threaded: bool,
     crc, measurements = measurer.finish()
     sizes = [size for _, size, _ in plan]
     if signer is not None:
+        from eif.signature import sign_pcr0
+
         pem, key = signer
         section = sign_pcr0(measurements.pcr0, pem, key)
         section_header = layout.pack_section_header(SectionType.SIGNATURE, len(section))

@@ -3,12 +3,15 @@ as `jsonfmt.Fields` so key order and serde's flattening are reproduced exactly.
 """
 from __future__ import annotations
 
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from eif.errors import EifError
 from eif.jsonfmt import Fields
 from eif.pcr import DEFAULT_HASH_ALGORITHM
 from eif.reader import EifImage
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -34,7 +37,7 @@ def describe(image: EifImage, hash_algorithm: str = DEFAULT_HASH_ALGORITHM) -> F
     return result
 
 
-def certificate_info(certificate: x509.Certificate) -> Fields:
+def certificate_info(certificate: "x509.Certificate") -> Fields:
     """nitro-cli's SigningCertificate: issuer attributes by OpenSSL long name (sorted),
     signature algorithm, validity in ASN1_TIME_print style, signature as XX:XX:..."""
     issuer: dict[str, str] = {}

@@ -15,15 +15,17 @@ import os
 import stat
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from eif import layout
 from eif.errors import EifError
 from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
 from eif.metadata import Metadata, parse_metadata
 from eif.pcr import Measurements
-from eif.signature import ParsedSignature, check_signature, parse_section
 from eif.stream import CHUNK_SIZE, THREAD_THRESHOLD, ChunkPool, Measurer
+
+if TYPE_CHECKING:  # cryptography is imported only when an image is signed
+    from eif.signature import ParsedSignature
 
 # Sections read whole into memory are capped so a hostile file cannot exhaust it.
 MAX_CMDLINE = 1 << 20
@@ -222,6 +224,8 @@ def _read(file: BinaryIO, path: str, info: os.stat_result,
 
     signature, check, problem = None, None, None
     if SectionType.SIGNATURE in kept:
+        from eif.signature import check_signature, parse_section
+
         where = next(s for s in sections if s.type == SectionType.SIGNATURE).describe()
         signature = parse_section(kept[SectionType.SIGNATURE], f"{path}: {where}")
         measurements = Measurements(measurements.pcr0, measurements.pcr1, measurements.pcr2,
