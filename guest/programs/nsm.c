@@ -259,8 +259,44 @@ static void print_base64(const uint8_t *p, size_t n)
 
 static uint8_t g_resp[RESP_MAX];
 
-/* Sends the request, checks the response is CBOR, handles {"Error": ...}; returns it. */
-static struct item transact(const struct buf *req)
+#ifdef NSM_HOST_TRANSPORT
+/*
+ * Host-test build only (never in the image): instead of the ioctl, write each request
+ * as <u32 LE length><bytes> to fd $NSM_REQUEST_FD and read the response the same way
+ * from fd $NSM_RESPONSE_FD, so a test can answer with the emulator's NSM handler.
+ */
+static int env_fd(const char *name)
+{
+    const char *v = getenv(name);
+    if (!v)
+        die("host transport: fd variables not set");
+    return atoi(v);
+}
+
+static void xfer(int fd, void *p, size_t n, int writing)
+{
+    for (size_t off = 0; off < n;) {
+        ssize_t r = writing ? write(fd, (uint8_t *)p + off, n - off) : read(fd, (uint8_t *)p + off, n - off);
+        if (r <= 0)
+            die("host transport broken");
+        off += (size_t)r;
+    }
+}
+
+static size_t raw_request(const struct buf *req)
+{
+    uint32_t n = (uint32_t)req->n;
+    int out = env_fd("NSM_REQUEST_FD"), in = env_fd("NSM_RESPONSE_FD");
+    xfer(out, &n, 4, 1);
+    xfer(out, (void *)req->d, req->n, 1);
+    xfer(in, &n, 4, 0);
+    if (n > sizeof g_resp)
+        die("host transport: response too long");
+    xfer(in, g_resp, n, 0);
+    return n;
+}
+#else
+static size_t raw_request(const struct buf *req)
 {
     int fd = open("/dev/nsm", O_RDWR | O_CLOEXEC);
     if (fd < 0) {
@@ -278,7 +314,14 @@ static struct item transact(const struct buf *req)
     close(fd);
     if (raw.response.len > sizeof g_resp)
         die("driver reported a response longer than the buffer");
-    g_end = g_resp + raw.response.len;
+    return raw.response.len;
+}
+#endif
+
+/* Sends the request, checks the response is CBOR, handles {"Error": ...}; returns it. */
+static struct item transact(const struct buf *req)
+{
+    g_end = g_resp + raw_request(req);
     struct item top, err;
     if (decode(g_resp, 0, &top) < 0 || top.end != g_end)
         die("response is not one well-formed CBOR item");
