@@ -118,6 +118,12 @@ def check_config(fragment: dict[str, str], final: dict[str, str]) -> list[str]:
     return bad
 
 
+def cached_kernel(name: str) -> Path | None:
+    """The profile's bzImage if it is already built for the current sources, else None."""
+    image = cache_root() / "kernel" / f"{name}-{kernel_key(PROFILES[name])}.bzImage"
+    return image if image.is_file() else None
+
+
 def build_kernel(name: str, jobs: int = 2, log=print) -> Path:
     """Build (or take from the cache) the bzImage of profile `name`; returns its path."""
     if name not in PROFILES:

@@ -14,6 +14,7 @@ import pytest
 from eif import read_eif
 from guest.build import build
 from guest.images import HELLO_LINE
+from guest.kernel import cached_kernel
 
 QEMU = shutil.which("qemu-system-x86_64")
 # Not a timing check: only a bound so that a hung guest fails instead of blocking CI.
@@ -102,3 +103,18 @@ def test_shell_is_interactive_on_the_console(guest_dir, tmp_path):
     assert "marker-42" in console, console[-3000:]
     assert "/dev/ttyS0" in console  # cttyhack gave the shell the real tty
     assert proc.returncode == 0
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 not installed")
+@pytest.mark.skipif(cached_kernel("aws") is None,
+                    reason="the aws kernel is not built yet (about 30 min): run `make guest`")
+def test_hello_aws_boots_under_qemu_microvm(tmp_path):
+    """AWS's kernel configuration (SMP, ACPI, x2APIC, ...) on the same APIC-less machine.
+    No ACPI tables (acpi=off machine option), as on nitro-emu's machine."""
+    out = tmp_path / "guest"
+    build(out, ["hello-aws"], log=lambda *_: None)
+    r = boot(out / "hello-aws.eif", tmp_path, machine="microvm,acpi=off")
+    console = r.stdout.decode(errors="replace")
+    assert HELLO_LINE in console, console[-3000:]
+    assert "Kernel panic" not in console
+    assert r.returncode == 0
