@@ -205,3 +205,24 @@ def test_build_with_oversized_metadata_file(files):
     assert_one_line_error(run("build-eif", "--kernel", files / "kernel", "--cmdline", "c",
                               "--ramdisk", files / "r1", "--metadata", files / "big.json",
                               "--output", files / "o.eif"), "limit is 4096")
+
+
+def test_describe_memory_is_bounded_by_the_chunk_pool_not_the_file(tmp_path):
+    """describe-eif of a 160 MiB EIF stays far below the file size in peak RSS (the
+    sections are streamed through a fixed pool of 1 MiB buffers)."""
+    for name, size in (("k", 8 << 20), ("r1", 8 << 20), ("r2", 144 << 20)):
+        with open(tmp_path / name, "wb") as file:
+            file.truncate(size)  # sparse: cheap to make, still read byte by byte
+    build_eif(tmp_path / "big.eif", kernel=tmp_path / "k", cmdline="c",
+              ramdisks=[tmp_path / "r1", tmp_path / "r2"])
+    probe = ("import resource, subprocess, sys\n"
+             "r = subprocess.run([sys.executable, '-m', 'nitro_emu', 'describe-eif',"
+             " '--eif-path', sys.argv[1]], capture_output=True)\n"
+             "assert r.returncode == 0, r.stderr\n"
+             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n")
+    result = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "big.eif")],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    peak_mib = int(result.stdout) / 1024
+    assert peak_mib < 100, f"describe-eif peaked at {peak_mib:.0f} MiB for a 160 MiB file"
