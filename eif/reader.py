@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, BinaryIO
 
 from eif import layout
@@ -181,9 +181,8 @@ def _read(file: BinaryIO, path: str, info: os.stat_result,
                        f"{HEADER_SIZE}-byte EIF header")
     header = layout.HEADER.parse(raw_header)
     _check_header(header, path)
-    sections = _check_table(header, size, path)
-    for section in sections:
-        _check_section_header(file, section, path)
+    sections = tuple(replace(section, type=_check_section_header(file, section, path))
+                     for section in _check_table(header, size, path))
     _check_counts(sections, path)
 
     if threaded is None:
@@ -198,6 +197,8 @@ def _read(file: BinaryIO, path: str, info: os.stat_result,
             measurer.begin(section.type)
             if section.type in _IN_MEMORY_LIMITS:
                 data = _read_exact(file, section.offset, section.size, path)
+                if section.type == SectionType.CMDLINE:
+                    _check_cmdline(data, section, path)  # fail before hashing the rest
                 kept[section.type] = data
                 measurer.data(data)
             else:
@@ -206,17 +207,7 @@ def _read(file: BinaryIO, path: str, info: os.stat_result,
         measurer.close()
     crc, measurements = measurer.finish()
 
-    cmdline_section = next(s for s in sections if s.type == SectionType.CMDLINE)
     cmdline = kept[SectionType.CMDLINE]
-    if b"\0" in cmdline:
-        raise EifError(f"{path}: {cmdline_section.describe()}: NUL byte at position "
-                       f"{cmdline.index(0)} of the command line")
-    try:
-        cmdline.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise EifError(f"{path}: {cmdline_section.describe()}: command line is not UTF-8 "
-                       f"(byte {error.start})") from None
-
     metadata = None
     if SectionType.METADATA in kept:
         where = next(s for s in sections if s.type == SectionType.METADATA).describe()
@@ -234,6 +225,17 @@ def _read(file: BinaryIO, path: str, info: os.stat_result,
 
     return EifImage(path, header, sections, cmdline, crc, measurements, metadata, signature,
                     check, problem, _identity(info))
+
+
+def _check_cmdline(cmdline: bytes, section: Section, path: str) -> None:
+    if b"\0" in cmdline:
+        raise EifError(f"{path}: {section.describe()}: NUL byte at position "
+                       f"{cmdline.index(0)} of the command line")
+    try:
+        cmdline.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise EifError(f"{path}: {section.describe()}: command line is not UTF-8 "
+                       f"(byte {error.start})") from None
 
 
 def _stream(file: BinaryIO, section: Section, measurer: Measurer, pool: ChunkPool,
@@ -273,7 +275,8 @@ def _check_header(header: dict, path: str) -> None:
 
 
 def _check_table(header: dict, file_size: int, path: str) -> tuple[Section, ...]:
-    """Sections as the header table lists them, which must tile the file exactly."""
+    """Sections as the header table lists them (types still unknown), which must tile
+    the file exactly."""
     count = header.num_sections
     offsets, sizes = header.section_offsets, header.section_sizes
     for i in range(count, layout.MAX_NUM_SECTIONS):
@@ -300,7 +303,8 @@ def _check_table(header: dict, file_size: int, path: str) -> tuple[Section, ...]
     return tuple(sections)
 
 
-def _check_section_header(file: BinaryIO, section: Section, path: str) -> None:
+def _check_section_header(file: BinaryIO, section: Section, path: str) -> SectionType:
+    """The type of a section whose 12-byte header agrees with the table."""
     raw = _read_exact(file, section.header_offset, SECTION_HEADER_SIZE, path)
     parsed = layout.SECTION_HEADER.parse(raw)
     where = f"{path}: section {section.index} (header at offset {section.header_offset})"
@@ -318,7 +322,7 @@ def _check_section_header(file: BinaryIO, section: Section, path: str) -> None:
     if kind in _IN_MEMORY_LIMITS and section.size > _IN_MEMORY_LIMITS[kind]:
         raise EifError(f"{where}: {kind.label} section of {section.size} bytes exceeds the "
                        f"limit of {_IN_MEMORY_LIMITS[kind]}")
-    object.__setattr__(section, "type", kind)
+    return kind
 
 
 def _check_counts(sections: tuple[Section, ...], path: str) -> None:
