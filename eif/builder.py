@@ -74,7 +74,10 @@ def build_eif(output: str | os.PathLike, *, kernel: str | os.PathLike, cmdline: 
                          ("build_time", identity.build.build_time)):
         if not isinstance(value, str):
             raise EifError(f"{field} must be a string")
-    cmdline_bytes = cmdline.encode("utf-8")
+    try:
+        cmdline_bytes = cmdline.encode("utf-8")
+    except UnicodeEncodeError:
+        raise EifError("cmdline is not valid Unicode (lone surrogate)") from None
     metadata_bytes = identity.to_bytes()
 
     inputs: list[tuple[BinaryIO, int, str]] = []

@@ -121,9 +121,13 @@ def _scalar(value: object) -> str:
 
 
 def _items(value: dict | Fields) -> list[tuple[str, object]]:
+    items = list(value) if isinstance(value, Fields) else list(value.items())
+    for key, _ in items:
+        if not isinstance(key, str):
+            raise TypeError(f"JSON object keys are strings, not {type(key).__name__}")
     if isinstance(value, Fields):
-        return list(value)
-    return sorted(value.items())  # a serde_json::Value map is a BTreeMap
+        return items
+    return sorted(items)  # a serde_json::Value map is a BTreeMap
 
 
 def dumps_compact(value: object) -> str:

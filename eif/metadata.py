@@ -51,6 +51,9 @@ class Metadata:
         """The section bytes, byte-identical to AWS's builder."""
         try:
             return jsonfmt.dumps_compact(self.fields()).encode("utf-8")
+        except UnicodeEncodeError:
+            raise EifError("metadata holds a string that is not valid Unicode "
+                           "(lone surrogate)") from None
         except (TypeError, jsonfmt.JsonError) as error:
             raise EifError(f"metadata cannot be written as JSON: {error}") from None
 

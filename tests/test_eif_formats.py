@@ -124,6 +124,8 @@ def test_json_reader_follows_serde_json():
                          (b"\xef\xbb\xbfnull", "BOM"), (b"[1,]", "line 1")):
         with pytest.raises(jsonfmt.JsonError, match=pattern):
             jsonfmt.loads(bad)
+    with pytest.raises(TypeError, match="keys are strings"):
+        jsonfmt.dumps_compact({1: 2})
     assert jsonfmt.dumps_compact({"b": "\n\u0001/é\"", "a": []}) == \
         '{"a":[],"b":"\\n\\u0001/é\\""}'
 

@@ -121,6 +121,10 @@ def test_builder_rejects_bad_input(tmp_path):
         build_eif(out, kernel=tmp_path / "missing", cmdline="", ramdisks=[r])
     with pytest.raises(EifError, match="cannot be written as JSON"):
         build_eif(out, kernel=k, cmdline="", ramdisks=[r], metadata={"x": float("nan")})
+    with pytest.raises(EifError, match="cmdline is not valid Unicode"):
+        build_eif(out, kernel=k, cmdline="\ud800", ramdisks=[r])
+    with pytest.raises(EifError, match="metadata holds a string that is not valid Unicode"):
+        build_eif(out, kernel=k, cmdline="", ramdisks=[r], name="\udfff")
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k", "r"]  # no temp files left
 
