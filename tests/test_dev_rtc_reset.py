@@ -5,6 +5,9 @@ from __future__ import annotations
 import calendar
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from devices.legacy.reset import ResetPorts
 from devices.legacy.rtc import Rtc146818
 from nitro_emu.clock import VirtualClock
@@ -190,3 +193,24 @@ def test_cf9_reset_as_reboot_pci_does():
     assert resets == ["port 0xcf9"]
     ports.port_write(0xCF9, 4, 0xFFFFFFFF)                # only byte accesses decode
     assert len(resets) == 1
+
+
+# -- encoders -----------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(calendar.timegm((1970, 1, 1, 0, 0, 0)), calendar.timegm((2099, 12, 31, 23, 59, 59))),
+       st.sampled_from([0x00, 0x02, 0x04, 0x06]))
+def test_time_fields_round_trip_in_every_format(t, mode):
+    """What the RTC shows for a time, written back with SET, is that time again."""
+    wall = WallClock(t + 0.25)
+    rtc = Rtc146818(wall)
+    cmos_write(rtc, 0x0B, mode)
+    shown = {index: cmos_read(rtc, index) for index in (0, 2, 4, 6, 7, 8, 9, 0x32)}
+    if not mode & 0x04:                                   # BCD: every nibble a digit
+        assert all((v & 0x0F) <= 9 and ((v & 0x7F) >> 4) <= 9 for v in shown.values())
+    wall.t = 0.25                                         # host clock jumps to 1970
+    cmos_write(rtc, 0x0B, mode | 0x80)
+    for index, value in shown.items():
+        cmos_write(rtc, index, value)
+    cmos_write(rtc, 0x0B, mode)
+    assert int(rtc.now()) == t
