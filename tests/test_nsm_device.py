@@ -7,6 +7,8 @@ import struct
 
 import cbor2
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from devices.nsm import NsmDevice, NsmHandler, PcrBank
 from devices.virtio.queue import Virtqueue, VirtqueueError
@@ -15,6 +17,7 @@ from nitro_emu.attestation.verify import verify_document
 from nitro_emu.memory import GuestRam
 
 CA = LocalCA.create()
+SIGNER = CA.signer("m")
 QSIZE = 8
 DESC, AVAIL, USED, DATA = 0x1000, 0x2000, 0x3000, 0x10000
 F_NEXT, F_WRITE = 1, 2
@@ -185,3 +188,29 @@ def test_reset_stops_service(rig):
     driver.chain([(0x3000, True)])
     device.notify(0)
     assert driver.used() == [] and interrupts == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.builds(cbor2.dumps, st.sampled_from(
+           ["DescribeNSM", "GetRandom", {"Attestation": {}}, {"DescribePCR": {"index": 1}}])),
+       st.integers(0, 0x3000))
+def test_any_request_and_buffer_size(request_, response_size):
+    ram = GuestRam(1 << 20)
+    bank = PcrBank()
+    bank.lock_range(16)
+    device = NsmDevice(NsmHandler(bank, SIGNER, "m"))
+    device.activate(ram, [Virtqueue(ram, QSIZE, DESC, AVAIL, USED)], lambda: None)
+    driver = Driver(ram)
+    req_head = driver.chain([(request_, False)] if request_ else [(1, False)])
+    resp_head = driver.chain([(response_size, True)])
+    sentinel_at = driver.data
+    ram.write(sentinel_at, b"\x5a" * 64)               # right after the response buffer
+    device.notify(0)
+    (req, _), (resp, written) = driver.used()
+    assert (req, resp) == (req_head, resp_head) and written <= response_size
+    assert ram.read(sentinel_at, 64) == b"\x5a" * 64
+    if written:
+        response = cbor2.loads(driver.buffer_of(resp_head, written))
+        assert isinstance(response, (dict, str))
+    else:
+        assert response_size < len(cbor2.dumps({"Error": "BufferTooSmall"}))
