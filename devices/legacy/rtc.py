@@ -63,6 +63,8 @@ class Rtc146818:
         self._cmos[REG_D] = D_VRT
         self._index = 0
         self.nmi_disabled = False
+        self._fields_key: tuple[int, int] | None = None
+        self._fields: dict[int, int] = {}
 
     # -- the bus side -------------------------------------------------------------------
 
@@ -130,7 +132,7 @@ class Rtc146818:
         elif index in (REG_C, REG_D):
             pass                                       # read-only
         elif index in _TIME_REGS and not cmos[REG_B] & B_SET:
-            fields = self._time_fields(self.now())
+            fields = dict(self._time_fields(self.now()))
             fields[index] = value
             self._start_from(fields)
         else:
@@ -144,9 +146,16 @@ class Rtc146818:
         return self.now() % 1.0 >= 1.0 - UIP_WINDOW_S
 
     def _time_fields(self, t: float) -> dict[int, int]:
-        """The time registers for time `t`, encoded per register B."""
-        tm = time.gmtime(int(t // 1))
-        b = self._cmos[REG_B]
+        """The time registers for time `t`, encoded per register B. Computed once per
+        second and format; the dict is shared, so callers copy it before changing it."""
+        key = (int(t // 1), self._cmos[REG_B] & (B_24H | B_BINARY))
+        if key != self._fields_key:
+            self._fields_key = key
+            self._fields = self._encode_fields(*key)
+        return self._fields
+
+    def _encode_fields(self, second: int, b: int) -> dict[int, int]:
+        tm = time.gmtime(second)
         encode = (lambda v: v) if b & B_BINARY else _bcd
         hour = tm.tm_hour
         if b & B_24H:
