@@ -225,7 +225,7 @@ class GuestSocket:
         self.flush()
 
     def flush(self) -> None:
-        while self.pending_tx and self.state == "connected":
+        while self.pending_tx and self.state in ("connected", "closing"):
             n = min(len(self.pending_tx), self.credit(), P.MAX_PKT_PAYLOAD)
             if n == 0:
                 break
