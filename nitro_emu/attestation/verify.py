@@ -15,10 +15,10 @@ import binascii
 import datetime as dt
 import hashlib
 import io
-import warnings
 import re
-from dataclasses import dataclass
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import cbor2
@@ -39,8 +39,8 @@ MAX_TIMESTAMP_MS = 253402300800000       # 10000-01-01, beyond what datetime rep
 OPTIONAL_MAX = 1024
 _DER = serialization.Encoding.DER
 _KNOWN_CRITICAL = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE}
-_ARMOR = re.compile(rb"-----BEGIN ATTESTATION DOCUMENT-----(.*?)-----END ATTESTATION DOCUMENT-----",
-                    re.S)
+_ARMOR = re.compile(
+    rb"-----BEGIN ATTESTATION DOCUMENT-----(.*?)-----END ATTESTATION DOCUMENT-----", re.S)
 
 
 @dataclass
@@ -167,8 +167,9 @@ def _check_chain(leaf: x509.Certificate, cabundle: list[bytes],
     root_der = cabundle[0]
     anchor = next((r for r in roots if r.public_bytes(_DER) == root_der), None)
     if anchor is None:
-        raise VerificationError(f"the document's root (SHA-256 {hashlib.sha256(root_der).hexdigest()}) "
-                                "is not the pinned root")
+        fingerprint = hashlib.sha256(root_der).hexdigest()
+        raise VerificationError(f"the document's root (SHA-256 {fingerprint}) is not the "
+                                "pinned root")
     inters = [_load_cert(der, f"cabundle[{i}]") for i, der in enumerate(cabundle)][1:]
     path = [leaf, *reversed(inters), anchor]          # leaf first, root last
     names = ["leaf certificate"] + [f"cabundle[{i}]" for i in range(len(inters), 0, -1)] + \
