@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from devices.vsock.config import (Publish, TcpTarget, UnixTarget, VsockConfig, VsockTarget,
-                                  parse_forward, parse_publish)
+                                  config_from_options, parse_forward, parse_publish)
 from devices.vsock.packet import HEADER_SIZE, Header, pack_header, parse_header
 
 
@@ -51,6 +51,14 @@ def test_parse_publish_errors(spec):
     with pytest.raises(ValueError) as info:
         parse_publish(spec)
     assert spec in str(info.value) or repr(spec) in str(info.value)
+
+
+def test_config_from_options():
+    config = config_from_options(["1=tcp:h:1", "2=unix:/s"], ["5005:5000"], "/tmp/v.sock")
+    assert set(config.forwards) == {1, 2} and config.publishes[0].guest_port == 5000
+    assert config.uds_path == "/tmp/v.sock" and config.heartbeat
+    with pytest.raises(ValueError, match="already forwarded"):
+        config_from_options(["1=tcp:h:1", "1=tcp:h:2"])
 
 
 def test_duplicate_forward():

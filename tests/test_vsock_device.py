@@ -485,7 +485,6 @@ def test_hybrid_uds_bad_handshake_is_dropped(bench, tmp_path):
         c.connect(base)
         c.settimeout(10)
         c.sendall(b"HELLO\n")
-        h.pump(lambda: h.reactor.poll(0) == 0 and True)
         for _ in range(10):
             h.step(0.01)
         assert c.recv(10) == b""
@@ -571,3 +570,35 @@ def test_transport_reset_event(bench):
     assert h.device.send_transport_reset()
     used = h.guest.evq.get_used()
     assert len(used) == 1 and used[0][1] == 4 and not h.device.conns
+
+
+def test_publish_port_in_use_is_a_clear_error():
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    config = VsockConfig()
+    config.add_publish(f"127.0.0.1:{taken.getsockname()[1]}:5000")
+    with pytest.raises(OSError, match="--publish 127.0.0.1:"):
+        Harness(config)
+    taken.close()
+
+
+def test_publish_before_the_driver_is_up(bench):
+    """A host connection made before the guest's driver starts waits for it."""
+    config = VsockConfig()
+    config.add_publish("127.0.0.1:0:5000")
+    h = bench(config)
+    h.transport.mmio_write(0x70, 4, 0)                 # the driver resets the device
+    results = []
+    client = threading.Thread(target=host_client,
+                              args=(published_address(h), b"early bird", results))
+    client.start()
+    for _ in range(20):
+        h.reactor.poll(0.005)
+    assert h.device.conns                               # accepted, REQUEST pending
+    from devices.vsock.guest_driver import VsockGuest
+    h.guest = VsockGuest(h.transport, h.ram)            # the driver probes again
+    h.guest.listen(5000)
+    h.pump(lambda: guest_echo(h) or results)
+    client.join()
+    assert results == [b"early bird"]

@@ -6,13 +6,15 @@ mask and reading it back; ICW1-4 with vector bases 0x30 and 0x38, slave on IR2, 
 then per interrupt `mask_and_ack`: mask in the IMR, specific EOI (OCW2 0x60+n) to the slave
 and to master IR2, with OCW3 0x0B/0x0A to read the ISR when the IRQ looked spurious.
 
-Behaviour follows the datasheet: the IRR latches a rising edge (edge mode) or follows the
-input (level mode: ELCR bit or ICW1 LTIM); priority rotation, special mask mode, special
-fully nested mode, automatic EOI and poll mode are implemented. An INTA cycle with no
-request left to give yields IR7 of that chip (vector base+7) without setting an ISR bit:
-the spurious IRQ7/IRQ15 of real hardware. As in QEMU, an edge stays latched in the IRR if
-the input drops before the INTA, so a spurious vector only appears when the request was
-masked or withdrawn by the guest itself between INTR and INTA.
+Behaviour follows the datasheet: in edge mode a rising edge sets the IRR bit and the input
+must stay high until the INTA (a request whose input falls first is withdrawn, so a
+UART or virtio line dropped by the guest's own register read leaves no stale interrupt);
+in level mode (ELCR bit or ICW1 LTIM) the IRR follows the input. `pulse()` is an edge
+whose input stays high until acknowledged, like the 8254's OUT. Priority rotation, special
+mask mode, special fully nested mode, automatic EOI and poll mode are implemented. An
+INTA cycle with no request left to give yields IR7 of that chip (vector base+7) without
+setting an ISR bit: the spurious IRQ7/IRQ15 of real hardware (it can only happen here if
+the guest masks a request between INTR and INTA).
 """
 from __future__ import annotations
 
@@ -173,19 +175,21 @@ class _Chip:
 class PicLine:
     """Interrupt input `irq` (0-15) of a `Pic8259Pair`, the `IrqLine` devices hold."""
 
-    __slots__ = ("_set", "irq")
+    __slots__ = ("_set", "_pulse", "irq")
 
-    def __init__(self, set_irq: Callable[[int, bool], None], irq: int) -> None:
+    def __init__(self, set_irq: Callable[[int, bool], None], pulse_irq: Callable[[int], None],
+                 irq: int) -> None:
         self._set = set_irq
+        self._pulse = pulse_irq
         self.irq = irq
 
     def set_level(self, high: bool) -> None:
+        """Drive the input: a rising edge requests, a fall before the INTA withdraws."""
         self._set(self.irq, high)
 
     def pulse(self) -> None:
-        """A rising then falling edge: latched by an edge-triggered input, lost by a level one."""
-        self._set(self.irq, True)
-        self._set(self.irq, False)
+        """An edge request held until acknowledged (a level-triggered input ignores it)."""
+        self._pulse(self.irq)
 
 
 class Pic8259Pair:
@@ -202,7 +206,8 @@ class Pic8259Pair:
         self.master = _Chip(True, 0xF8)      # IRQ 0, 1, 2 are always edge-triggered
         self.slave = _Chip(False, 0xDE)      # IRQ 8 and 13 too
         self._intr = False
-        self._lines = [PicLine(self._set_irq, 9 if irq == 2 else irq) for irq in range(16)]
+        self._lines = [PicLine(self._set_irq, self._pulse_irq, 9 if irq == 2 else irq)
+                       for irq in range(16)]
         master, slave = self.master, self.slave
         self._readers: dict[int, Callable[[], int]] = {
             0x20: lambda: self._read_command(master),
@@ -293,9 +298,17 @@ class Pic8259Pair:
             if not chip.level & bit:
                 return
             chip.level &= ~bit
-            if not chip.trigger & bit:
-                return                               # an edge request stays latched
-            chip.irr &= ~bit
+            if not chip.irr & bit:
+                return
+            chip.irr &= ~bit                         # withdrawn before the INTA
+        self._update()
+
+    def _pulse_irq(self, irq: int) -> None:
+        chip = self.slave if irq & 8 else self.master
+        bit = 1 << (irq & 7)
+        if (chip.level | chip.trigger | chip.irr) & bit:
+            return                                   # no edge, level input, or already requested
+        chip.irr |= bit
         self._update()
 
     def _update(self) -> None:

@@ -138,6 +138,8 @@ class Virtqueue:
     def pop(self) -> DescriptorChain | None:
         """The next available chain, fully validated, or None when the ring is empty."""
         if self._avail_idx() == self.next_avail:
+            if self.event_idx:   # ask for a kick when the driver adds the next chain
+                _U16.pack_into(self._used, self._avail_event_off, self.next_avail)
             return None
         slot = self.next_avail & self._mask
         head = _U16.unpack_from(self._avail, 4 + 2 * slot)[0]

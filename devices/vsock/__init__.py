@@ -2,8 +2,8 @@
 publishing, Firecracker hybrid vsock. Wire it as
 `VirtioMmioTransport(VsockDevice(cid, reactor, clock, config), ram, pic.line(5))`."""
 from devices.vsock.config import (Publish, TcpTarget, UnixTarget, VsockConfig, VsockTarget,
-                                  parse_forward, parse_publish)
+                                  config_from_options, parse_forward, parse_publish)
 from devices.vsock.device import VsockDevice
 
 __all__ = ["VsockDevice", "VsockConfig", "parse_forward", "parse_publish", "Publish",
-           "TcpTarget", "UnixTarget", "VsockTarget"]
+           "TcpTarget", "UnixTarget", "VsockTarget", "config_from_options"]

@@ -89,6 +89,22 @@ class VsockConfig:
         self.publishes.append(parse_publish(spec))
 
 
+def config_from_options(forwards: list[str] = (), publishes: list[str] = (),
+                        uds_path: str | None = None, heartbeat: bool = True,
+                        on_heartbeat: Callable[[bool], None] | None = None) -> VsockConfig:
+    """Build the config from the command line's repeated `--forward` / `--publish` values
+    and `--vsock-uds`; ValueError (one line) on the first bad value."""
+    config = VsockConfig(uds_path=uds_path or None, heartbeat=heartbeat,
+                         on_heartbeat=on_heartbeat)
+    for spec in forwards:
+        config.add_forward(spec)
+    for spec in publishes:
+        config.add_publish(spec)
+    if uds_path is not None and (not uds_path or "\0" in uds_path):
+        raise ValueError(f"--vsock-uds {uds_path!r}: not a usable socket path")
+    return config
+
+
 def _int(text: str, what: str, low: int, high: int, spec: str) -> int:
     if not text.isdigit():
         raise ValueError(f"{spec!r}: {what} {text!r} is not a number")
