@@ -196,6 +196,30 @@ def test_edge_input_held_high_gives_one_interrupt(board):
     assert pic.has_interrupt()
 
 
+def test_edge_request_withdrawn_before_inta_is_gone(board):
+    pic, guest, requests = board
+    guest.unmask(5)
+    line = pic.line(5)
+    line.set_level(True)
+    assert pic.has_interrupt() and requests == [1]
+    line.set_level(False)                                 # the device's condition was cleared
+    assert not pic.has_interrupt() and guest.inb(MASTER_CMD) & 0x20 == 0
+    line.set_level(True)
+    assert pic.acknowledge() == 0x35
+
+
+def test_pulse_is_held_until_acknowledged(board):
+    pic, guest, _ = board
+    pic.line(0).pulse()                                   # masked: waits in the IRR
+    pic.line(0).pulse()
+    assert guest.inb(MASTER_CMD) & 0x01
+    guest.unmask(0)
+    assert pic.acknowledge() == 0x30
+    guest.mask_and_ack(0)
+    guest.unmask(0)
+    assert not pic.has_interrupt()                        # two pulses, one request
+
+
 def test_level_mode_by_elcr_redelivers_while_held(board):
     pic, guest, _ = board
     guest.outb(0x20, 0x4D0)
