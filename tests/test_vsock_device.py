@@ -304,6 +304,21 @@ def test_device_respects_small_guest_credit(bench):
     assert got == blob and h.guest.violations == 0
 
 
+def test_stalled_guest_gets_exactly_its_credit(bench):
+    blob = os.urandom(200_000)
+    server = Server(handler=lambda c: c.sendall(blob))
+    h = bench(tcp_forward(server))
+    s = h.guest.connect(7000, buf_alloc=8192)
+    h.pump(lambda: s.state == "connected")
+    h.pump(lambda: len(s.rx) == 8192)
+    for _ in range(50):
+        h.step(0.001)
+    assert len(s.rx) == 8192                             # the application never read
+    assert h.guest.op_counts[P.OP_RW] == 3               # 3776 + 3776 + 640, then silence
+    assert guest_transfer(h, s, b"", read_chunk=5000) == blob   # reading resumes the flow
+    assert h.guest.violations == 0
+
+
 def test_slow_host_reader_stalls_only_its_connection(bench):
     release = threading.Event()
 

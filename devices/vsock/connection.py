@@ -112,8 +112,8 @@ class Connection:
         if self.want_response or self.want_request or self.want_credit_update \
                 or self.want_credit_request:
             return True
-        if self.to_guest_bytes:
-            return self.credit_room() > 0
+        if self.to_guest_bytes:     # data to send, or one CREDIT_REQUEST per stall
+            return self.credit_room() > 0 or not self.credit_requested
         return bool(self.shutdown_to_send)
 
     def _queue(self) -> None:
@@ -176,7 +176,6 @@ class Connection:
                 self.tx_cnt = (self.tx_cnt + n) & 0xFFFFFFFF
                 chain.write(memoryview(data)[offset:offset + n], _PAYLOAD_OFF)
                 chain.write(self.header(P.OP_RW, n, flags))
-                self.credit_requested = False
                 return _PAYLOAD_OFF + n
             if not self.credit_requested:
                 self.credit_requested = True
@@ -451,7 +450,7 @@ class Connection:
         if (self.state == ESTABLISHED and self.host_eof and self.guest_shut_send
                 and not self.to_host):
             self.state = CLOSING
-            self.shutdown_to_send = P.SHUTDOWN_BOTH & ~self.shutdown_sent or P.SHUTDOWN_BOTH
+            self.shutdown_to_send = P.SHUTDOWN_BOTH
             self._queue()
             self._arm_timer(self.device.config.close_timeout_s, self._close_timeout)
 

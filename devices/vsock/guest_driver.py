@@ -333,6 +333,7 @@ class VsockGuest:
         self.unknown: list[P.Header] = []
         self.violations = 0
         self.packets_in = 0
+        self.op_counts = [0] * 8     # packets received, by op
         self._next_port = 50000
         for _ in range(8):
             addr = self.alloc.alloc(4, 4)
@@ -395,6 +396,8 @@ class VsockGuest:
         for addr, length in used:
             self.packets_in += 1
             hdr = P.parse_header(ram.read(addr, P.HEADER_SIZE))
+            if hdr.op < 8:
+                self.op_counts[hdr.op] += 1
             assert length == P.HEADER_SIZE + hdr.len, (length, hdr)
             if self.two_descriptor_rx:
                 payload = ram.read(addr + 64, hdr.len)
