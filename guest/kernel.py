@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import resource
 import shutil
 import subprocess
 import tarfile
@@ -108,6 +109,12 @@ def _make(src: Path, out: Path, args: list[str], logfile: Path) -> None:
             + "\n".join(tail))
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) used so far by finished child processes."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def check_config(fragment: dict[str, str], final: dict[str, str]) -> list[str]:
     """Fragment symbols whose value did not survive into the final .config."""
     bad = []
@@ -149,6 +156,7 @@ def _build(profile: Profile, key: str, image: Path, jobs: int, log) -> Path:
     logfile = out / "nitro-emu-build.log"
     logfile.write_bytes(b"")
     t0 = time.monotonic()
+    cpu0 = _children_cpu()
     wanted = parse_config(profile.fragment.read_text())
     if profile.base_target == "allnoconfig":
         _make(src, out, [f"KCONFIG_ALLCONFIG={profile.fragment}", "allnoconfig"], logfile)
@@ -167,5 +175,6 @@ def _build(profile: Profile, key: str, image: Path, jobs: int, log) -> Path:
     shutil.copyfile(built, tmp)
     tmp.rename(image)
     shutil.copyfile(out / ".config", image.with_suffix(".config"))
-    log(f"kernel {name}: {image} ({image.stat().st_size} bytes, {time.monotonic() - t0:.0f} s)")
+    log(f"kernel {name}: {image} ({image.stat().st_size} bytes; {time.monotonic() - t0:.0f} s "
+        f"wall, {_children_cpu() - cpu0:.0f} s CPU with make -j{jobs})")
     return image
