@@ -121,3 +121,48 @@ def test_layout_sizes_and_section_types():
     assert len(header) == 548 and header[6:8] == b"\0\1" and header[-4:] == b"\xde\xad\xbe\xef"
     parsed = layout.HEADER.parse(header)
     assert parsed.section_offsets[:4] == [548, 560, 572, 0]
+
+
+def _spec_writer(kernel, cmdline, metadata, ramdisks):
+    """An EIF writer written straight from the spec's struct formats (§1-§5, §8), sharing
+    no code with eif/: returns the file bytes and the PCRs it computes itself."""
+    import struct
+
+    sections = [(1, kernel), (2, cmdline), (5, metadata)] + [(3, r) for r in ramdisks]
+    offsets, sizes, position = [], [], 548
+    for _, data in sections:
+        offsets.append(position)
+        sizes.append(len(data))
+        position += 12 + len(data)
+    pad = [0] * (32 - len(sections))
+    header = struct.pack(">4sHHQQHH32Q32QII", b".eif", 4, 0, 1 << 30, 2, 0, len(sections),
+                         *(offsets + pad), *(sizes + pad), 0, 0)
+    body = b"".join(struct.pack(">HHQ", kind, 0, len(data)) + data for kind, data in sections)
+    crc = zlib.crc32(body, zlib.crc32(header[:544]))
+
+    def ext(stream):
+        return hashlib.sha384(bytes(48) + hashlib.sha384(stream).digest()).hexdigest()
+
+    pcrs = {"PCR0": ext(kernel + cmdline + b"".join(ramdisks)),
+            "PCR1": ext(kernel + cmdline + ramdisks[0]), "PCR2": ext(b"".join(ramdisks[1:]))}
+    return header[:544] + struct.pack(">I", crc) + body, pcrs
+
+
+def test_eif_from_an_independent_spec_writer(tmp_path, inputs):
+    """The reader agrees with a writer that shares no code with it, and the builder
+    writes the very same bytes for the same inputs."""
+    from eif.metadata import BuildInfo, Metadata
+
+    metadata = Metadata("test", "1.0", BuildInfo("2024-01-01T00:00:00+00:00", "eif_build",
+                                                 "0.0.0", "OS", "kernel")).to_bytes()
+    data, pcrs = _spec_writer(b"KERNEL", b"console=ttyS0", metadata,
+                              [b"RAMDISK-ONE", b"RAMDISK-TWO"])
+    (tmp_path / "spec.eif").write_bytes(data)
+    image = read_eif(tmp_path / "spec.eif")
+    assert image.crc_ok
+    assert {k: v for k, v in image.measurements.to_json_dict().items() if k != "HashAlgorithm"} \
+        == pcrs
+    assert pcrs["PCR0"] == SYNTH_PCR0 and pcrs["PCR2"] == SYNTH_PCR2
+    build_eif(tmp_path / "built.eif", kernel=inputs["kernel"],
+              ramdisks=[inputs["r1"], inputs["r2"]], **SYNTHETIC)
+    assert (tmp_path / "built.eif").read_bytes() == data
