@@ -115,3 +115,45 @@ def test_requests_after_device_reset_and_reprobe(guest):
     again = KernelNsm(transport, nsm.ram, nsm.irq, M.RING_FEATURES, ring_area=0x200000)
     assert again.ask({"DescribePCR": {"index": 20}})["DescribePCR"]["data"] == value
     assert isinstance(transport.device, NsmDevice)
+
+
+class HoldDriverOk:
+    """The transport, except that the driver's DRIVER_OK write is held back until
+    `release()`: lets a test kick in between, as Linux's nsm hwrng thread does."""
+
+    def __init__(self, transport: M.VirtioMmioTransport) -> None:
+        self.transport = transport
+        self.held: int | None = None
+        self.mmio_read = transport.mmio_read
+
+    def mmio_write(self, offset: int, size: int, value: int) -> None:
+        if offset == M.STATUS and value & M.STATUS_DRIVER_OK and self.held is None:
+            self.held = value
+            return
+        self.transport.mmio_write(offset, size, value)
+
+    def release(self) -> None:
+        assert self.held is not None
+        self.transport.mmio_write(M.STATUS, 4, self.held)
+
+
+def test_request_kicked_before_driver_ok_is_served_at_activation(tmp_path):
+    """drivers/misc/nsm.c registers its hwrng before the device is ready; the hwrng
+    thread's first GetRandom can be kicked before DRIVER_OK (seen booting attest.eif)."""
+    device = create_nsm_device(pcr0=measure(b"k"), pcr1=measure(b"b"), pcr2=measure(b"a"),
+                               pcr8=None, parent_role=None, parent_id=None, debug_mode=False,
+                               state_dir=tmp_path)
+    ram, irq = GuestRam(4 << 20), Level()
+    transport = M.VirtioMmioTransport(device, ram, irq)
+    held = HoldDriverOk(transport)
+    driver = MmioDriver(held, ram, Allocator(ram, 0x100000), M.RING_FEATURES)
+    queue = driver.queues[0]
+    ram.write(REQ_BUF, bytes.fromhex("6947657452616e646f6d"))
+    queue.add([(REQ_BUF, 10)], [], "request")
+    queue.add([], [(RESP_BUF, RESPONSE_SIZE)], "response")
+    driver.kick(0)                                   # before DRIVER_OK: not live yet
+    assert queue.get_used() == [] and not irq.high
+    held.release()
+    assert irq.high and not transport.broken
+    used = queue.get_used()
+    assert [token for token, _ in used] == ["request", "response"] and used[1][1] == 22 + 256

@@ -45,6 +45,11 @@ class NsmDevice(VirtioDevice):
             raise VirtqueueError(f"NSM has one queue, got {len(queues)}")
         self._queue = queues[0]
         self._interrupt = interrupt
+        # Linux's nsm driver registers its hwrng before DRIVER_OK, so the hwrng thread can
+        # kick before the device is live; the transport drops that kick. Serve whatever
+        # is already posted, or that request (and the driver's mutex) waits 120 s.
+        if self._queue.has_available():
+            self.notify(0)
 
     def reset(self) -> None:
         """Drop the queue; PCRs keep their values (they belong to the enclave's life)."""
