@@ -52,9 +52,10 @@ def _pcrs_of(m) -> dict:
     return d
 
 
-def build_image(image: img.Image, stage: Path, programs: dict[str, Path], log=print) -> dict:
+def build_image(image: img.Image, stage: Path, programs: dict[str, Path], log=print,
+                jobs: int = 2) -> dict:
     """Build one image's files into `stage`; returns its manifest entry."""
-    kernel = build_kernel(image.kernel, log=log)
+    kernel = build_kernel(image.kernel, jobs=jobs, log=log)
     d = stage / image.name
     d.mkdir(parents=True, exist_ok=True)
     r1 = img.bootstrap_ramdisk(programs["init"], SOURCE_DATE_EPOCH)
@@ -72,7 +73,7 @@ def build_image(image: img.Image, stage: Path, programs: dict[str, Path], log=pr
     return entry
 
 
-def _build_missing(missing: list[str], cache: Path, manifest: dict, log) -> None:
+def _build_missing(missing: list[str], cache: Path, manifest: dict, log, jobs: int) -> None:
     """Build the images not yet in the cache and record them in the manifest."""
     manifest_path = cache / "manifest.json"
     programs = build_programs(log)
@@ -81,7 +82,7 @@ def _build_missing(missing: list[str], cache: Path, manifest: dict, log) -> None
         stage = cache / ".stage"
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
-        entry = build_image(img.IMAGES[n], stage, programs, log)
+        entry = build_image(img.IMAGES[n], stage, programs, log, jobs)
         shutil.rmtree(cache / n, ignore_errors=True)
         (stage / n).rename(cache / n)
         (stage / f"{n}.eif").replace(cache / f"{n}.eif")
@@ -92,8 +93,9 @@ def _build_missing(missing: list[str], cache: Path, manifest: dict, log) -> None
             f"({time.monotonic() - t0:.1f} s)")
 
 
-def build(out: Path, only: list[str] | None = None, log=print) -> dict:
-    """Build the selected images (all by default) into `out`; returns the manifest."""
+def build(out: Path, only: list[str] | None = None, log=print, jobs: int = 2) -> dict:
+    """Build the selected images (all by default) into `out`; returns the manifest.
+    `jobs` is make's -j for kernel builds."""
     names = only or list(img.IMAGES)
     unknown = [n for n in names if n not in img.IMAGES]
     if unknown:
@@ -106,7 +108,7 @@ def build(out: Path, only: list[str] | None = None, log=print) -> dict:
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         missing = [n for n in names if n not in manifest]
         if missing:
-            _build_missing(missing, cache, manifest, log)
+            _build_missing(missing, cache, manifest, log, jobs)
     for n in names:
         shutil.copyfile(cache / f"{n}.eif", out / f"{n}.eif")
         shutil.copytree(cache / n, out / n, dirs_exist_ok=True)
@@ -124,9 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m guest.build", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("build/guest"), help="output directory")
     p.add_argument("--only", nargs="+", metavar="NAME", help=f"images to build ({', '.join(img.IMAGES)})")
+    p.add_argument("--jobs", "-j", type=int, default=2, metavar="N",
+                   help="parallel jobs for kernel builds (default 2)")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be at least 1")
     try:
-        result = build(args.out, args.only)
+        result = build(args.out, args.only, jobs=args.jobs)
     except GuestBuildError as e:
         print(f"guest build: {e}", file=sys.stderr)
         return 1
