@@ -32,6 +32,10 @@ MIN_MEMORY_MIB, MAX_MEMORY_MIB = 64, 3072
 VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_FIRST_IRQ = 0xD0000000, 0x1000, 5
 COM1_IRQ = 4
 HEARTBEAT_OFF = "nitro_emu.heartbeat=off"
+# The machine's own kernel parameters (appended; they change no PCR). The TSC is the host's
+# invariant TSC moved in step with virtual time, so it is reliable; without this Linux
+# checks it against jiffies, which lag whenever ticks merge under emulation.
+MACHINE_CMDLINE = ("tsc=reliable",)
 
 
 class MachineError(NitroEmuError):
@@ -88,7 +92,8 @@ class Machine:
         self.vcpu = Vcpu(self.ram, self.ports.read, self.ports.write, self.cpuid)
         self.mmio = MmioBus(self.vcpu.uc)
 
-        self.pic = Pic8259Pair(on_request=self._interrupt_requested)
+        self.pic = Pic8259Pair(on_request=self.vcpu.request_interrupt)
+        self.vcpu.connect_interrupt_controller(self.pic.has_interrupt, self.pic.acknowledge)
         self.pit = Pit8254(self.clock, self.pic.line(0))
         self.uart = Uart16550(self.pic.line(COM1_IRQ), self.console.write)
         self.rtc = Rtc146818()
@@ -110,7 +115,7 @@ class Machine:
                           VirtioMmioTransport(device, self.ram, self.pic.line(irq)))
             cmdline_devices.append(f"virtio_mmio.device=4K@{base:#x}:{irq}")
 
-        extra = cmdline_devices + ([] if heartbeat else [HEARTBEAT_OFF])
+        extra = cmdline_devices + list(MACHINE_CMDLINE) + ([] if heartbeat else [HEARTBEAT_OFF])
         if extra_cmdline:
             extra.append(extra_cmdline)
         cmdline = " ".join([self.image.cmdline.strip()] + extra)
@@ -122,9 +127,6 @@ class Machine:
                             idle_skip_allowed=self.reactor.is_empty)
 
     # -- events from devices ---------------------------------------------------------------
-
-    def _interrupt_requested(self) -> None:
-        self.loop.request_stop()
 
     def _guest_reset(self, how: str) -> None:
         self._finish("reset", f"the guest reset the machine ({how})", ok=True)

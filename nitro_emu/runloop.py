@@ -13,6 +13,9 @@ from nitro_emu.slice_timer import SliceTimer
 
 # Longest slice without a deadline, so host I/O is polled even when the guest never idles.
 MAX_SLICE_NS = 20_000_000
+# A halted guest whose timers fire for this long without raising an interrupt it takes
+# (everything masked) can never wake up.
+MAX_SILENT_IDLE_NS = 600 * 1_000_000_000
 
 
 @dataclass
@@ -36,18 +39,11 @@ class RunLoop:
         self._finished = finished
         self._idle_skip_allowed = idle_skip_allowed
         self.stats = LoopStats()
-        self.stop_requested = False
-        self._timer = SliceTimer(self._expire)
-        self._origin_wall = time.monotonic() - clock.now_ns() / 1e9
-
-    def _expire(self) -> None:
-        self.stop_requested = True
-        self._vcpu.stop()
+        self._timer = SliceTimer(vcpu.request_stop)
 
     def request_stop(self) -> None:
         """End the current slice soon (from a hook, a device or another thread)."""
-        self.stop_requested = True
-        self._vcpu.stop()
+        self._vcpu.request_stop()
 
     def close(self) -> None:
         self._timer.stop()
@@ -72,16 +68,14 @@ class RunLoop:
             now = clock.now_ns()
             deadline = clock.next_deadline()
             slice_end = now + MAX_SLICE_NS if deadline is None else min(deadline, now + MAX_SLICE_NS)
-            self.stop_requested = False
             self._timer.arm(time.monotonic() + (slice_end - now) / 1e9)
-            vcpu.run_slice()
+            ended = vcpu.run_slice()
             self._timer.disarm()
             stats.slices += 1
-            if vcpu.fault or self._finished():
+            if ended == "fault" or self._finished():
                 return None
-            if self.stop_requested:
+            if ended == "stopped":
                 continue
-            # The slice ended by itself: the guest executed HLT.
             stats.halts += 1
             if not vcpu.interrupts_enabled:
                 return "halted"
@@ -92,15 +86,19 @@ class RunLoop:
     def _idle(self, wall_deadline: float | None) -> str | None:
         """HLT with interrupts on: wait for the next timer, a device, or host I/O."""
         clock, reactor, pic = self._clock, self._reactor, self._pic
+        idle_since = clock.now_ns()
         while not pic.has_interrupt() and not self._finished():
             clock.fire_due()
             if pic.has_interrupt():
+                return None
+            if wall_deadline is not None and time.monotonic() >= wall_deadline:
                 return None
             deadline = clock.next_deadline()
             if self._idle_skip_allowed():
                 if reactor.poll(0):
                     continue
-                if deadline is None:
+                if deadline is None or deadline - idle_since > MAX_SILENT_IDLE_NS:
+                    # Nothing armed, or timers keep firing with every interrupt masked.
                     return "no-progress"
                 skipped = clock.skip_to(deadline)
                 self.stats.skipped_ns += skipped

@@ -1,6 +1,7 @@
-"""Ends CPU slices at timer deadlines: a host thread that calls `emu_stop` when the next
-virtual-clock deadline comes due, so the run loop can fire timers and deliver interrupts
-(Unicorn's own timeout starts a thread per `emu_start`; this one thread is reused)."""
+"""Ends CPU slices at timer deadlines: a host thread that asks the vCPU to stop (see
+`Vcpu.request_stop`) when the next virtual-clock deadline comes due, so the run loop can
+fire timers and deliver interrupts (Unicorn's own timeout starts a thread per `emu_start`;
+this one thread is reused)."""
 from __future__ import annotations
 
 import threading

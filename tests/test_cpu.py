@@ -164,3 +164,56 @@ def test_a_fault_on_an_unmapped_kernel_stack_becomes_a_double_fault() -> None:
     # #UD's frame cannot be pushed (#PF on the stack), the #PF's cannot either: #DF, which
     # also needs the same stack, so the CPU shuts down.
     assert machine.vcpu.fault is not None and "triple fault" in str(machine.vcpu.fault)
+
+
+def run_with_frequent_stops(machine: MiniMachine, slice_seconds: float = 0.00003) -> int:
+    """Run to HLT, asking the vCPU to stop every few microseconds from another thread."""
+    import time
+    from nitro_emu.slice_timer import SliceTimer
+    timer = SliceTimer(machine.vcpu.request_stop)
+    slices = 0
+    try:
+        while True:
+            timer.arm(time.monotonic() + slice_seconds)
+            ended = machine.vcpu.run_slice()
+            timer.disarm()
+            slices += 1
+            if ended != "stopped":
+                return slices
+    finally:
+        timer.stop()
+
+
+def test_stopping_a_slice_never_runs_a_read_modify_write_instruction_twice() -> None:
+    # add [rbx], rcx; dec rcx; jnz: Unicorn's default exit check after the store would
+    # leave with RIP still on the add, which then runs again on resume.
+    machine = MiniMachine()
+    count = 300_000
+    body = bytes.fromhex("48010b" "48ffc9")
+    loop = body + b"\x75" + bytes([(-(len(body) + 2)) & 0xFF]) + HLT
+    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RBX, 0x200000)
+    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RCX, count)
+    machine.ram.write(CODE, loop)
+    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RIP, CODE)
+    slices = run_with_frequent_stops(machine)
+    assert slices > 10  # the stops really happened
+    assert machine.ram.read_u64(0x200000) == count * (count + 1) // 2
+
+
+def test_stopping_between_a_fault_and_its_handler_loses_and_repeats_nothing() -> None:
+    machine = MiniMachine()
+    faults = 5000
+    # #PF handler: count in r15, skip the 3-byte faulting load, return.
+    machine.handler(14, POP_R14 + b"\x49\xff\xc7" + b"\x48\x83\x04\x24\x03" + b"\x48\xcf")
+    body = MOV_RAX_FROM_RBX + b"\x49\x01\xcc" + b"\x48\xff\xc9"  # load (faults); r12 += rcx; rcx--
+    loop = body + b"\x75" + bytes([(-(len(body) + 2)) & 0xFF]) + HLT
+    uc = machine.vcpu.uc
+    uc.reg_write(x86.UC_X86_REG_RBX, 0x1_0000_0000)
+    uc.reg_write(x86.UC_X86_REG_RCX, faults)
+    machine.ram.write(CODE, loop)
+    uc.reg_write(x86.UC_X86_REG_RIP, CODE)
+    run_with_frequent_stops(machine)
+    assert machine.vcpu.fault is None
+    assert machine.reg("r15") == faults
+    assert machine.reg("r12") == faults * (faults + 1) // 2
+    assert machine.reg("rsp") == STACK

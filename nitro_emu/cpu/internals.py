@@ -210,6 +210,40 @@ class _SegmentCache(ctypes.Structure):
                 ("flags", ctypes.c_uint32)]
 
 
+def disable_mid_instruction_exits(uc: unicorn.Uc) -> None:
+    """Make Unicorn honour exit requests only at translation-block starts.
+
+    Unicorn 2 emits an exit check after every guest load and store; when an exit was
+    requested (emu_stop, or any asynchronous kick) it leaves with the PC of the current
+    instruction even if that instruction already stored, so the instruction runs twice
+    on resume: `add [mem], reg`, `inc [mem]`, `xadd` and friends then corrupt the guest
+    (seen as random kernel oopses). Its translator skips those checks while
+    `uc_struct.no_exit_request` is set (a flag meant for ARM IT blocks). The field is found
+    after the page-size fields (4096, 4095, 4096, 4096) and checked by `init_done` next to
+    it. Must be called before any code is translated."""
+    reader = _SafeReader()
+    try:
+        base = uc._uch.value
+        data = reader.read(base, 8192)
+        if data is None:
+            raise UnsupportedUnicornError("cannot read Unicorn's engine state")
+        signature = struct.pack("<IIQQ", 4096, 4095, 4096, 4096)
+        hits = [i for i in range(0, len(data) - 64, 4) if data[i:i + 24] == signature]
+        if len(hits) != 1:
+            raise UnsupportedUnicornError(
+                "unexpected Unicorn engine layout: page-size fields not found")
+        # target_page_size, align, host page size, real host page size, icache line size,
+        # context_content, cpu_context_size (+pad), next_pc, hook_insert, first_tb, then:
+        offset = hits[0] + 50
+        init_done = data[offset + 1]
+        if init_done != 1 or data[offset] not in (0, 1):
+            raise UnsupportedUnicornError(
+                "unexpected Unicorn engine layout: no_exit_request not found")
+    finally:
+        reader.close()
+    ctypes.c_bool.from_address(base + offset).value = True
+
+
 def find_exception_index_offset() -> int:
     """Offset of `CPUState.exception_index`: run `int 0x77` and `int 0x5a` in a scratch CPU
     and find the one int32 field that holds the vector inside the interrupt hook."""

@@ -3,6 +3,7 @@ to the buses, and the hooks that make up for what Unicorn leaves out (exceptions
 CPUID, external interrupts; ARCHITECTURE.md section 3)."""
 from __future__ import annotations
 
+import ctypes
 from typing import Callable
 
 import capstone
@@ -11,13 +12,16 @@ from unicorn import x86_const as x86
 
 from nitro_emu.cpu.cpuid import CpuidModel
 from nitro_emu.cpu.delivery import ExceptionDelivery, TripleFault
-from nitro_emu.cpu.internals import CpuInternals, R_CS, R_SS
+from nitro_emu.cpu.internals import (EFLAGS_OFFSET, CpuInternals, R_CS, R_SS,
+                                     disable_mid_instruction_exits)
+from nitro_emu.cpu.interrupt_window import InterruptWindow
 from nitro_emu.errors import NitroEmuError
 from nitro_emu.memory import GuestRam
 
 # An address no guest code can reach (non-canonical): emu_start runs until stopped.
 _NEVER = 0x8000_0000_0000_0000
 _RF = 1 << 16
+_IF = 1 << 9
 _EFER = 0xC0000080
 _EFER_SCE = 1
 _HF_CS64 = 1 << 15
@@ -47,6 +51,7 @@ class Vcpu:
         uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         self.uc = uc
         self.internals = CpuInternals(uc)
+        disable_mid_instruction_exits(uc)
         uc.mem_map_ptr(0, ram.size, unicorn.UC_PROT_ALL, ram.host_address)
         self.ram = ram
         self.cpuid = cpuid
@@ -56,6 +61,8 @@ class Vcpu:
         self._port_read = port_read
         self._port_write = port_write
         self.fault: GuestFault | None = None
+        self._stopped = False
+        self._stop_pending = False
         self.counters = {"exceptions": 0, "syscalls": 0, "interrupts": 0}
         regs = self.internals.regs
         self._regs = regs
@@ -66,12 +73,29 @@ class Vcpu:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
         uc.hook_add(unicorn.UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+        self._eflags = ctypes.c_uint64.from_address(self.internals.env + EFLAGS_OFFSET)
+        self._has_interrupt: Callable[[], bool] = lambda: False
+        self._acknowledge: Callable[[], int] = lambda: 0
+        self.window = InterruptWindow(self.internals, uc, self._on_interrupt_window)
+
+    def connect_interrupt_controller(self, has_interrupt: Callable[[], bool],
+                                     acknowledge: Callable[[], int]) -> None:
+        """The PIC's INTR line and INTA cycle."""
+        self._has_interrupt = has_interrupt
+        self._acknowledge = acknowledge
+
+    def request_interrupt(self) -> None:
+        """INTR went up: the CPU takes the interrupt as soon as RFLAGS.IF allows, inside
+        the running slice (or, if halted, the run loop delivers it)."""
+        self.window.request()
 
     # -- running ---------------------------------------------------------------------------
 
-    def run_slice(self) -> None:
-        """Run from the current RIP until HLT, emu_stop, or a guest fault (self.fault)."""
+    def run_slice(self) -> str:
+        """Run from the current RIP. Returns "halt" (the guest executed HLT), "stopped"
+        (`request_stop()`), or "fault" (see `self.fault`)."""
         self.internals.old_exception.value = -1  # ARCHITECTURE.md 3.5
+        self._stopped = False
         rip = self.internals.eip.value
         try:
             self.uc.emu_start(rip, _NEVER)
@@ -80,14 +104,25 @@ class Vcpu:
         except unicorn.UcError as error:
             if self.fault is None:
                 self.fault = GuestFault(f"CPU error: {error}", self.internals.eip.value)
+        if self.fault is not None:
+            return "fault"
+        return "stopped" if self._stopped else "halt"
 
-    def stop(self) -> None:
-        """End the current slice as soon as possible (safe from hooks and other threads)."""
+    def request_stop(self) -> None:
+        """End the running slice at the next translation-block boundary. Safe from any
+        thread: it only sets flags that the CPU checks itself. (Unicorn's emu_stop from
+        another thread can land while an exception is being raised and corrupt the guest
+        state, so it is only ever called on the CPU thread, from the handler below.)"""
+        self._stop_pending = True
+        self.window.request()
+
+    def _emu_stop(self) -> None:
+        self._stopped = True
         self.uc.emu_stop()
 
     @property
     def interrupts_enabled(self) -> bool:
-        return bool(self.uc.reg_read(x86.UC_X86_REG_EFLAGS) & (1 << 9))
+        return bool(self._eflags.value & _IF)
 
     def can_take_interrupt(self) -> bool:
         """IF set and not in an STI/MOV SS shadow."""
@@ -122,6 +157,36 @@ class Vcpu:
 
     # -- hooks (hot paths: keep them short) ------------------------------------------------
 
+    def _on_interrupt_window(self, request: int) -> bool:
+        """Called by TCG at a TB exit while an interrupt request is pending."""
+        try:
+            if self._stop_pending:
+                self._stop_pending = False
+                self._emu_stop()
+                if not self._has_interrupt():
+                    self.window.clear()
+                return False
+            if not self._has_interrupt():
+                self.window.clear()
+                return False
+            if not self._eflags.value & _IF or self.internals.interrupts_inhibited():
+                return False
+            self.counters["interrupts"] += 1
+            self.delivery.deliver_external_interrupt(self._acknowledge())
+            if not self._has_interrupt():
+                self.window.clear()
+            return True
+        except TripleFault as error:
+            self.window.clear()
+            self._shut_down(error)
+            return True
+        except BaseException as error:  # never let an exception unwind into C
+            self.window.clear()
+            self.fault = GuestFault(f"emulator error while delivering an interrupt: {error!r}",
+                                    self.internals.eip.value)
+            self._emu_stop()
+            return False
+
     def _on_exception(self, uc: unicorn.Uc, vector: int, _: object) -> None:
         self.counters["exceptions"] += 1
         try:
@@ -141,7 +206,7 @@ class Vcpu:
         """The CPU cannot deliver an exception: record it and end the slice. The guest's
         state is left as it was at the faulting instruction."""
         self.fault = GuestFault(str(error), self.internals.eip.value)
-        self.uc.emu_stop()
+        self._emu_stop()
 
     def _on_in(self, uc: unicorn.Uc, port: int, size: int, _: object) -> int:
         return self._port_read(port, size) & _SIZE_MASK[size]
