@@ -1,0 +1,136 @@
+"""Booting real Linux guests on the machine (issue 4): the test images from `make guest`,
+the console, how runs end, and images that cannot boot."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import eif
+from conftest import ROOT, guest_image
+from guest import cpio
+from nitro_emu import Machine
+from nitro_emu.boot.bzimage import BadKernelError
+
+HELLO = "Hello from the enclave side!"
+KERNEL_TROUBLE = re.compile(r"WARNING:|BUG:|Oops|Call Trace|Kernel panic|general protection")
+
+
+def test_hello_boots_prints_its_line_and_resets(boot) -> None:
+    run = boot("hello.eif")
+    assert run.result.ok, run.result.message
+    assert run.result.reason == "reset"
+    assert HELLO in run.console
+    assert "Run /init as init process" in run.console
+    assert not KERNEL_TROUBLE.search(run.console), KERNEL_TROUBLE.search(run.console).group(0)
+    # the machine's own parameters reach the kernel after the EIF's command line
+    assert "virtio_mmio.device=4K@0xd0000000:5" in run.console
+    assert run.result.stats["syscalls"] > 0 and run.result.stats["exceptions"] > 0
+
+
+def test_sysbench_runs_to_the_end_with_every_operation_counted(boot) -> None:
+    run = boot("sysbench.eif", timeout=900)
+    assert run.result.ok, run.result.message
+    lines = {m.group(1): (int(m.group(2)), float(m.group(3)))
+             for m in re.finditer(r"^(syscall|pagefault|fork-exec)\s+(\d+) ops\s+[\d.]+ s\s+([\d.]+) us/op",
+                                  run.console, re.M)}
+    header = re.search(r"sysbench-lite: syscalls=(\d+) faults=(\d+) forks=(\d+)", run.console)
+    assert header, run.console[-2000:]
+    syscalls, faults, forks = map(int, header.groups())
+    assert lines["syscall"][0] == syscalls
+    assert lines["pagefault"][0] == faults
+    assert lines["fork-exec"][0] == forks
+    assert all(cost > 0 for _, cost in lines.values())
+    assert run.result.stats["syscalls"] >= syscalls
+    assert run.result.stats["exceptions"] >= faults
+    assert not KERNEL_TROUBLE.search(run.console)
+
+
+def _eif_with(tmp_path: Path, kernel: bytes, ramdisks: list[bytes], cmdline: str) -> Path:
+    kernel_file = tmp_path / "kernel"
+    kernel_file.write_bytes(kernel)
+    paths = []
+    for index, data in enumerate(ramdisks):
+        path = tmp_path / f"ramdisk{index}"
+        path.write_bytes(data)
+        paths.append(path)
+    output = tmp_path / "test.eif"
+    eif.build_eif(output, kernel=kernel_file, cmdline=cmdline, ramdisks=paths,
+                  build_time="2024-01-01T00:00:00+00:00")
+    return output
+
+
+def test_a_kernel_of_random_bytes_is_refused_with_a_clear_error(tmp_path: Path, state_dir) -> None:
+    image = _eif_with(tmp_path, os.urandom(1 << 20), [b"ramdisk"], "console=ttyS0")
+    with pytest.raises(BadKernelError, match="not a Linux bzImage"):
+        Machine(image, guest_cid=16, state_dir=state_dir)
+
+
+def test_a_bzimage_whose_code_is_garbage_ends_with_a_fault_report_not_a_hang(
+        tmp_path: Path, state_dir) -> None:
+    real = eif.read_eif(guest_image("hello.eif")).read_kernel()
+    setup_end = (real[0x1F1] + 1) * 512
+    garbage = real[:setup_end] + os.urandom(len(real) - setup_end)
+    image = _eif_with(tmp_path, garbage, [b"ramdisk"], "console=ttyS0")
+    machine = Machine(image, guest_cid=16, state_dir=state_dir, console=lambda data: None)
+    try:
+        result = machine.run(timeout=60)
+    finally:
+        machine.close()
+    assert not result.ok
+    assert result.reason in ("triple-fault", "fault", "poweroff", "no-progress"), result
+    if result.reason in ("triple-fault", "fault"):
+        assert "RIP" in result.message
+
+
+def test_a_missing_init_is_reported_as_the_kernel_panic(tmp_path: Path, state_dir) -> None:
+    kernel = eif.read_eif(guest_image("hello.eif")).read_kernel()
+    empty_root = cpio.newc_archive([cpio.directory("dev")])
+    image = _eif_with(tmp_path, kernel, [empty_root],
+                      "reboot=k panic=30 console=ttyS0 rdinit=/no-such-init")
+    machine = Machine(image, guest_cid=16, state_dir=state_dir, console=lambda data: None)
+    try:
+        result = machine.run(timeout=300)
+    finally:
+        machine.close()
+    assert result.reason == "panic" and not result.ok
+    assert result.message.startswith("Kernel panic - not syncing")
+
+
+def test_an_eif_without_a_ramdisk_is_a_one_line_error(tmp_path: Path) -> None:
+    valid = guest_image("hello.eif").read_bytes()
+    broken = tmp_path / "no-ramdisk.eif"
+    broken.write_bytes(valid[:len(valid) // 2])  # truncated: sections missing
+    completed = subprocess.run([sys.executable, "-m", "nitro_emu", str(broken), "--guest-cid", "8"],
+                               capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert completed.returncode != 0
+    assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
+    assert completed.stderr.startswith("nitro-emu: error:")
+
+
+def test_the_command_line_runs_hello_in_the_foreground(state_dir) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "nitro_emu", str(guest_image("hello.eif")), "--guest-cid", "8"],
+        capture_output=True, timeout=300, cwd=ROOT, env=dict(os.environ))
+    assert completed.returncode == 0, completed.stderr
+    assert HELLO.encode() in completed.stdout
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--guest-cid", "3"], "not a valid enclave CID"),
+    (["--guest-cid", "4294967295"], "not a valid enclave CID"),
+    (["--guest-cid", "eight"], "is not a number"),
+    (["--guest-cid", "8", "--memory", "16"], "--memory"),
+    ([], "--guest-cid"),
+    (["--guest-cid", "8", "--no-such-option"], "unrecognized arguments"),
+])
+def test_bad_run_options_are_one_line_errors(options, message) -> None:
+    completed = subprocess.run([sys.executable, "-m", "nitro_emu", "hello.eif", *options],
+                               capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert completed.returncode != 0
+    assert message in completed.stderr
+    assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
