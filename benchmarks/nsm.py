@@ -1,14 +1,20 @@
-"""NSM device benchmark: host time the device spends per request, measured through the
+"""NSM benchmark. Device level: host time the device spends per request through the
 real virtio path (a split virtqueue in guest RAM, request + response chains, used ring,
-interrupt), as the guest driver would drive it. Prints figures; never fails on time.
+interrupt), as the guest driver drives it. Guest level (when build/guest/attest.eif
+exists): attest.eif's kernel and rootfs with a command that loops `nsm attest` (one
+process per document, as a shell script would) and then reads 100 GetRandom responses
+in one process, timed between console markers, plus the device's own share of that time.
+Prints figures; never fails on time.
 
-Run: .venv/bin/python benchmarks/nsm.py [--seconds S]
+Run: .venv/bin/python benchmarks/nsm.py [--seconds S] [--guest-count N] [--no-guest]
 """
 from __future__ import annotations
 
 import argparse
+import re
 import struct
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,9 +103,93 @@ def bench_verify(seconds: float) -> None:
           f"{elapsed / count * 1e6:8.1f} us/document  ({len(document)} bytes)")
 
 
+ROOT = Path(__file__).resolve().parent.parent
+ATTEST_EIF = ROOT / "build" / "guest" / "attest.eif"
+
+
+def _loop_eif(work: Path, count: int) -> Path:
+    """attest.eif with a third ramdisk whose /cmd replaces the image's command (a later
+    initramfs archive overwrites a file of the same name)."""
+    from eif import read_eif
+    from eif.builder import build_eif
+    from guest import cpio
+
+    image = read_eif(ATTEST_EIF)
+    raw = ATTEST_EIF.read_bytes()
+    (work / "kernel").write_bytes(image.read_kernel())
+    ramdisks = []
+    for i, section in enumerate(image.ramdisk_sections):
+        path = work / f"ramdisk{i}"
+        path.write_bytes(raw[section.offset:section.offset + section.size])
+        ramdisks.append(path)
+    script = ("echo BENCH-START; i=0; "
+              f"while [ $i -lt {count} ]; do nsm attest --nonce 00 >/dev/null || exit 1; "
+              "i=$((i+1)); done; echo BENCH-ATTEST-END; "
+              "nsm get-random 25600 >/dev/null && echo BENCH-RANDOM-END")
+    command = "".join(s + "\n" for s in ("sh", "-c", script)).encode()
+    (work / "cmd.cpio").write_bytes(cpio.newc_archive([cpio.file("cmd", command)]))
+    ramdisks.append(work / "cmd.cpio")
+    output = work / "attest-loop.eif"
+    build_eif(output, kernel=work / "kernel", cmdline=image.cmdline,
+              ramdisks=ramdisks)
+    return output
+
+
+def bench_guest(count: int) -> None:
+    """Attestations per second as a guest program sees them, and the device's share."""
+    from nitro_emu import Machine
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        eif = _loop_eif(work, count)
+        marks: dict[str, float] = {}
+        seen = bytearray()
+
+        def console(data: bytes) -> None:
+            seen.extend(data)
+            for name in re.findall(rb"BENCH-([A-Z-]+)", bytes(seen[-len(data) - 32:])):
+                marks.setdefault(name.decode(), time.perf_counter())
+
+        machine = Machine(eif, guest_cid=16, console=console, state_dir=work / "state")
+        handler = machine.nsm.handler
+        spent = {"attest": [0, 0.0], "other": [0, 0.0]}
+        handle = handler.handle
+
+        def timed(request: bytes) -> bytes:
+            start = time.perf_counter()
+            try:
+                return handle(request)
+            finally:
+                kind = "attest" if request[2:13] == b"Attestation" else "other"
+                spent[kind][0] += 1
+                spent[kind][1] += time.perf_counter() - start
+
+        handler.handle = timed
+        try:
+            result = machine.run(timeout=600)
+        finally:
+            machine.close()
+    if "ATTEST-END" not in marks or "START" not in marks:
+        tail = bytes(seen[-1500:]).decode("utf-8", "replace")
+        print(f"guest benchmark did not complete: {result.reason}: {result.message}\n{tail}")
+        return
+    elapsed = marks["ATTEST-END"] - marks["START"]
+    n, device = spent["attest"]
+    print(f"guest attest      {count / elapsed:10.1f} documents/s   "
+          f"{elapsed / count * 1e3:8.2f} ms/document (nsm process per document), "
+          f"device {device / max(n, 1) * 1e3:.2f} ms/document ({n} served)")
+    if "RANDOM-END" in marks:
+        elapsed = marks["RANDOM-END"] - marks["ATTEST-END"]
+        print(f"guest get-random  {100 / elapsed:10.1f} requests/s    "
+              f"{elapsed / 100 * 1e3:8.2f} ms/request (100 ioctls in one process)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="time per case")
+    parser.add_argument("--guest-count", type=int, default=200,
+                        help="documents requested by the guest")
+    parser.add_argument("--no-guest", action="store_true", help="device level only")
     args = parser.parse_args(argv)
     cases = [
         ("Attestation", {"Attestation": {"user_data": b"u" * 64, "nonce": b"n" * 32,
@@ -112,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, request in cases:
         bench(name, cbor2.dumps(request), args.seconds)
     bench_verify(args.seconds)
+    if args.no_guest:
+        return 0
+    if not ATTEST_EIF.exists():
+        print(f"guest benchmark skipped: {ATTEST_EIF} missing (make guest)")
+        return 0
+    bench_guest(args.guest_count)
     return 0
 
 
