@@ -14,6 +14,7 @@ from devices.legacy.reset import ResetPorts
 from devices.legacy.rtc import Rtc146818
 from devices.legacy.uart import Uart16550
 from devices.virtio.mmio import VirtioMmioTransport
+from devices.vsock import VsockConfig, VsockDevice
 from eif import EifImage, read_eif
 from nitro_emu.attestation.factory import create_nsm_device
 from nitro_emu.boot.loader import load_linux
@@ -60,12 +61,15 @@ class Machine:
 
     `console` receives the guest's serial output (a binary stream or a callable taking
     bytes; default: this process's stdout). The transcript is kept in `console_output`.
+    `vsock` configures the parent side (forwarding, publishing; `devices.vsock`);
+    `heartbeat=False` tells the guest's init to skip its boot heartbeat.
     """
 
     def __init__(self, eif: str | os.PathLike | EifImage, *, guest_cid: int,
                  memory_mib: int = 512, debug_mode: bool = False,
                  console: BinaryIO | Callable[[bytes], None] | None = None,
-                 heartbeat: bool = False, parent_role: str | None = None,
+                 vsock: VsockConfig | None = None, heartbeat: bool = True,
+                 parent_role: str | None = None,
                  parent_id: str | None = None, extra_cmdline: str = "",
                  state_dir: str | os.PathLike | None = None) -> None:
         if not isinstance(guest_cid, int) or not MIN_CID <= guest_cid <= MAX_CID:
@@ -107,7 +111,9 @@ class Machine:
             pcr0=measurements.pcr0, pcr1=measurements.pcr1, pcr2=measurements.pcr2,
             pcr8=measurements.pcr8, parent_role=parent_role, parent_id=parent_id,
             debug_mode=debug_mode, state_dir=state_dir)
-        self.virtio_devices = [self.nsm]
+        self.vsock = VsockDevice(guest_cid, self.reactor, self.clock,
+                                 vsock if vsock is not None else VsockConfig())
+        self.virtio_devices = [self.vsock, self.nsm]
         cmdline_devices = []
         for slot, device in enumerate(self.virtio_devices):
             base = VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_SIZE
@@ -125,7 +131,7 @@ class Machine:
         self.loop = RunLoop(self.vcpu, self.pic, self.clock, self.reactor,
                             between_slices=self.uart.flush,
                             finished=lambda: self._end is not None,
-                            idle_skip_allowed=self.reactor.is_empty)
+                            idle_skip_allowed=self.reactor.only_listening)
 
     # -- events from devices ---------------------------------------------------------------
 
@@ -184,5 +190,8 @@ class Machine:
         return self.console.transcript()
 
     def close(self) -> None:
+        """Release host resources: the vsock sockets, the reactor, the timer thread."""
+        self.vsock.close()
         self.loop.close()
+        self.vcpu.close()
         self.reactor.close()

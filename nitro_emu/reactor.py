@@ -5,7 +5,17 @@ Devices register sockets and the terminal here; the run loop polls it between CP
 from __future__ import annotations
 
 import selectors
+import socket
 from typing import Callable
+
+
+def _is_listening_socket(fileobj: object) -> bool:
+    if not isinstance(fileobj, socket.socket):
+        return False
+    try:
+        return bool(fileobj.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
 
 
 class HostReactor:
@@ -13,21 +23,31 @@ class HostReactor:
 
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
+        self._active: set[int] = set()  # registered descriptors that are not listeners
 
     def register(self, fileobj: object, events: int, callback: Callable[[int], None]) -> None:
-        self._selector.register(fileobj, events, callback)
+        key = self._selector.register(fileobj, events, callback)
+        if not _is_listening_socket(fileobj):
+            self._active.add(key.fd)
 
     def modify(self, fileobj: object, events: int, callback: Callable[[int], None]) -> None:
         self._selector.modify(fileobj, events, callback)
 
     def unregister(self, fileobj: object) -> None:
         try:
-            self._selector.unregister(fileobj)
+            key = self._selector.unregister(fileobj)
         except (KeyError, ValueError):
-            pass
+            return
+        self._active.discard(key.fd)
 
     def is_empty(self) -> bool:
         return not self._selector.get_map()
+
+    def only_listening(self) -> bool:
+        """True when nothing but listening sockets is registered: no host conversation is
+        in progress, so an idle guest may skip ahead in time (a new host connection still
+        wakes it whenever it comes)."""
+        return not self._active
 
     def poll(self, timeout: float | None = 0.0) -> int:
         """Run the callbacks of every ready file; wait at most `timeout` seconds

@@ -84,7 +84,13 @@ class RunLoop:
         return None
 
     def _idle(self, wall_deadline: float | None) -> str | None:
-        """HLT with interrupts on: wait for the next timer, a device, or host I/O."""
+        """HLT with interrupts on: wait for the next timer, a device, or host I/O.
+
+        While no host conversation is in progress (`idle_skip_allowed`), virtual time jumps
+        straight to the next timer deadline; otherwise the loop waits for host I/O in real
+        time until the deadline comes. A guest with nothing that could ever wake it (no
+        timer, no host I/O, or timers firing for ten minutes with every interrupt masked)
+        makes no progress."""
         clock, reactor, pic = self._clock, self._reactor, self._pic
         idle_since = clock.now_ns()
         while not pic.has_interrupt() and not self._finished():
@@ -93,13 +99,14 @@ class RunLoop:
                 return None
             if wall_deadline is not None and time.monotonic() >= wall_deadline:
                 return None
+            if reactor.poll(0):
+                self._between_slices()
+                continue
             deadline = clock.next_deadline()
-            if self._idle_skip_allowed():
-                if reactor.poll(0):
-                    continue
-                if deadline is None or deadline - idle_since > MAX_SILENT_IDLE_NS:
-                    # Nothing armed, or timers keep firing with every interrupt masked.
-                    return "no-progress"
+            silent_too_long = deadline is not None and deadline - idle_since > MAX_SILENT_IDLE_NS
+            if reactor.is_empty() and (deadline is None or silent_too_long):
+                return "no-progress"
+            if self._idle_skip_allowed() and deadline is not None and not silent_too_long:
                 skipped = clock.skip_to(deadline)
                 self.stats.skipped_ns += skipped
                 self._vcpu.advance_tsc(skipped)
@@ -108,10 +115,6 @@ class RunLoop:
             if wall_deadline is not None:
                 left = max(0.0, wall_deadline - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
-                if left == 0.0:
-                    return None
-            if timeout is None and reactor.is_empty():
-                return "no-progress"
             if reactor.is_empty():
                 time.sleep(timeout)
             else:

@@ -47,6 +47,18 @@ def build_parser() -> ArgumentParser:
                         help="IAM role ARN of the parent instance (measured into PCR3)")
     parser.add_argument("--parent-id", metavar="ID",
                         help="instance id of the parent (measured into PCR4)")
+    parser.add_argument("--forward", action="append", default=[], metavar="PORT=TARGET",
+                        help="guest connections to parent (CID 3) port PORT go to TARGET: "
+                             "tcp:HOST:PORT, unix:PATH or vsock:CID:PORT (repeatable; "
+                             "other parent ports refuse)")
+    parser.add_argument("--publish", action="append", default=[],
+                        metavar="[ADDR:]HOSTPORT:GUESTPORT",
+                        help="listen on the host; each connection becomes a vsock "
+                             "connection to the guest's GUESTPORT (repeatable)")
+    parser.add_argument("--vsock-uds", metavar="PATH",
+                        help="Firecracker-style hybrid vsock: host connects to PATH and "
+                             "sends 'CONNECT <port>'; guest connections to parent port P "
+                             "go to PATH_P")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="stop the enclave after this many seconds")
     return parser
@@ -54,11 +66,16 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from devices.vsock import config_from_options
     from nitro_emu.machine import Machine
 
+    try:
+        vsock = config_from_options(args.forward, args.publish, args.vsock_uds)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     machine = Machine(args.eif, guest_cid=args.guest_cid, memory_mib=args.memory,
                       debug_mode=args.debug_mode, parent_role=args.parent_role,
-                      parent_id=args.parent_id)
+                      parent_id=args.parent_id, vsock=vsock)
     previous = signal.signal(signal.SIGINT, lambda *_: machine.stop())
     try:
         result = machine.run(timeout=args.timeout)

@@ -116,6 +116,9 @@ class Vcpu:
         self._stop_pending = True
         self.window.request()
 
+    def close(self) -> None:
+        self.window.close()
+
     def _emu_stop(self) -> None:
         self._stopped = True
         self.uc.emu_stop()
