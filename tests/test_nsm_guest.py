@@ -4,7 +4,9 @@
 describe-eif's PCR0-2 (zeros in debug mode), and echo the nonce and user data."""
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 
 from eif import read_eif
 from nitro_emu.attestation.ca import LocalCA
@@ -51,3 +53,61 @@ def test_attest_eif_debug_mode_zeroes_pcr0_to_2(boot, state_dir):
     payload = verify_document(_document(guest.console), [root], nonce=NONCE).payload
     assert [payload["pcrs"][i] for i in (0, 1, 2)] == [bytes(48)] * 3
     assert sorted(payload["pcrs"]) == list(range(16))
+
+
+def _eif_with_command(source: Path, command: str, work: Path) -> Path:
+    """`source` with an extra ramdisk whose /cmd (`sh -c command`) replaces the image's
+    (a later initramfs archive overwrites a file of the same name); PCRs change, which is
+    fine for these checks."""
+    from eif.builder import build_eif
+    from guest import cpio
+
+    image = read_eif(source)
+    raw = source.read_bytes()
+    (work / "kernel").write_bytes(image.read_kernel())
+    ramdisks = []
+    for i, section in enumerate(image.ramdisk_sections):
+        ramdisks.append(work / f"ramdisk{i}")
+        ramdisks[-1].write_bytes(raw[section.offset:section.offset + section.size])
+    # /cmd holds one argv element per line, so the script goes on one line
+    script = "; ".join(line for line in command.splitlines() if line.strip())
+    cmd = "".join(arg + "\n" for arg in ("sh", "-c", script)).encode()
+    (work / "cmd.cpio").write_bytes(cpio.newc_archive([cpio.file("cmd", cmd)]))
+    output = work / "custom.eif"
+    build_eif(output, kernel=work / "kernel", cmdline=image.cmdline,
+              ramdisks=[*ramdisks, work / "cmd.cpio"])
+    return output
+
+
+PCR_SCRIPT = """
+echo step1; nsm extend-pcr 16 010203
+echo step2; nsm describe-pcr 16
+echo step3; nsm lock-pcr 16 && echo step3-ok
+echo step4; nsm extend-pcr 16 00; echo "step4-status=$?"
+echo step5; nsm lock-pcr 3; echo "step5-status=$?"
+echo step6; nsm lock-pcrs 33; echo "step6-status=$?"
+echo step7; nsm lock-pcrs 20 && echo step7-ok
+echo step8; nsm describe-nsm
+echo step9; echo "rng=$(cat /sys/class/misc/hw_random/rng_current)"
+echo "hwrng-bytes=$(head -c 64 /dev/hwrng | wc -c)"
+echo done-marker
+"""
+
+
+def test_pcr_extend_and_lock_through_the_guest_tool(boot, tmp_path):
+    eif = _eif_with_command(guest_image("attest.eif"), PCR_SCRIPT, tmp_path)
+    guest = boot(eif)
+    console = guest.console.replace("\r", "")
+    assert "done-marker" in console, console[-3000:]
+    expected = hashlib.sha384(bytes(48) + b"\x01\x02\x03").hexdigest()
+    step = lambda n: console.split(f"step{n}\n", 1)[1].split(f"step{n + 1}\n", 1)[0]
+    assert expected in step(1)                                   # the new value
+    assert expected in step(2) and '"lock": false' in step(2)
+    assert "step3-ok" in step(3)
+    assert "ReadOnlyIndex" in step(4) and "step4-status=2" in step(4)
+    assert "ReadOnlyIndex" in step(5) and "step5-status=2" in step(5)
+    assert "InvalidIndex" in step(6) and "step6-status=2" in step(6)
+    assert "step7-ok" in step(7)
+    locked = re.search(r'"locked_pcrs": \[([^\]]*)\]', step(8))
+    assert locked and [int(x) for x in locked.group(1).split(",")] == list(range(20))
+    assert "rng=nsm-hwrng" in console and "hwrng-bytes=64" in console
