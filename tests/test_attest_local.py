@@ -187,3 +187,12 @@ def test_cli_attest_verify(state, capsys):
     assert "--pcr wants N=HEX" in capsys.readouterr().err
     assert cli_main(["attest", "verify", str(state / "missing")]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_long_module_id_still_signs(recwarn):
+    ca = LocalCA.create()
+    module_id = "x" * 200
+    handler = NsmHandler(booted_bank(), ca.signer(module_id), module_id)
+    payload = verify_document(attest(handler), [ca.certificate]).payload
+    assert payload["module_id"] == module_id
+    assert not [w for w in recwarn if "length" in str(w.message)]

@@ -137,7 +137,8 @@ class ChainSigner:
         not_before = now - BACKDATE
         not_after = min(now + self.leaf_lifetime, inter.not_valid_after_utc)
         leaf = _issue(
-            subject=_name(f"{self.module_id}.local.nitro-emu"), public_key=key.public_key(),
+            subject=_name(f"{self.module_id}.local.nitro-emu"[:64]),  # X.520 CN limit
+            public_key=key.public_key(),
             issuer=inter.subject, issuer_key=self._intermediate_key,
             issuer_public=self._intermediate_key.public_key(), not_before=not_before,
             not_after=not_after, ca=False, path_length=None,
