@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from typing import Callable
 
 from nitro_emu.cpu.internals import (CpuInternals, SEGS_OFFSET, SEG_SIZE, R_SS,
                                      find_exception_index_offset)
@@ -39,6 +38,18 @@ _LDT, _TR, _GDT, _IDT = 6, 7, 8, 9
 _EXCEPTION_IS_INT_FROM_ERROR_CODE, _NEXT_EIP_FROM_ERROR_CODE = 4, 8
 
 
+_UC_PROT_READ, _UC_PROT_WRITE = 1, 2
+
+
+def _vmem_translate_function():
+    from unicorn.unicorn_py3 import unicorn as binding
+    function = binding.uclib.uc_vmem_translate
+    function.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                         ctypes.POINTER(ctypes.c_uint64)]
+    function.restype = ctypes.c_int
+    return function
+
+
 class TripleFault(Exception):
     """Delivering an exception faulted while delivering #DF: the CPU shuts down."""
 
@@ -59,14 +70,13 @@ class ExceptionDelivery:
 
     _exception_index_offset: int | None = None
 
-    def __init__(self, internals: CpuInternals, ram: GuestRam, phys_bits: int,
-                 read_efer: Callable[[], int]) -> None:
+    def __init__(self, internals: CpuInternals, ram: GuestRam, phys_bits: int) -> None:
         self._cpu = internals
         self._u64 = struct.Struct("<Q").unpack_from
         self._mem = ram._map
         self._ram_size = ram.size
         self._rsvd_high = ((1 << 52) - 1) & ~((1 << phys_bits) - 1)
-        self._efer = read_efer
+        self._efer = internals.efer
         env = internals.env
         if ExceptionDelivery._exception_index_offset is None:
             ExceptionDelivery._exception_index_offset = find_exception_index_offset()
@@ -81,6 +91,11 @@ class ExceptionDelivery:
         self._tables = [internals.segs[0].__class__.from_address(env + SEGS_OFFSET + i * SEG_SIZE)
                         for i in range(10)]
         self._eflags = ctypes.c_uint64.from_address(env + 136)
+        self._hflags = internals.hflags
+        self._uc_handle = internals.uc_handle
+        self._vmem_translate = _vmem_translate_function()
+        self._physical = ctypes.c_uint64()
+        self._physical_ref = ctypes.byref(self._physical)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -221,11 +236,27 @@ class ExceptionDelivery:
         return out
 
     def _translate(self, linear: int, write: bool, fault_vector: int) -> int:
+        """Supervisor translation of `linear`: Unicorn's own MMU in probe mode (no fault is
+        raised, no longjmp) with CPL forced to 0 for the call, as delivery accesses are
+        supervisor accesses; if it refuses, the walk below finds the exact fault."""
+        hflags = self._hflags
+        saved = hflags.value
+        hflags.value = saved & ~3
+        status = self._vmem_translate(self._uc_handle, linear,
+                                      _UC_PROT_WRITE if write else _UC_PROT_READ,
+                                      self._physical_ref)
+        hflags.value = saved
+        if status == 0:
+            return self._physical.value
+        return self._walk(linear, write, fault_vector)
+
+    def _walk(self, linear: int, write: bool, fault_vector: int) -> int:
+        """The page walk done in Python, with the fault the MMU would raise."""
         top = linear >> 47
         if top not in (0, 0x1FFFF):
             raise _Fault(fault_vector, 0, reason=f"non-canonical address {linear:#x}")
         rsvd = self._rsvd_high
-        if not (self._efer() & EFER_NXE):
+        if not (self._efer.value & EFER_NXE):
             rsvd |= PG_NX
         error = 2 if write else 0
         table = self._cr[3] & PG_ADDRESS_MASK

@@ -11,6 +11,7 @@ clear line instead of corrupting memory.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import struct
 
@@ -23,6 +24,9 @@ SUPPORTED_UNICORN = "2.1.4"
 
 # Offsets inside QEMU 5's CPUX86State that are fixed relative to fields we can find.
 EIP_OFFSET, EFLAGS_OFFSET, HFLAGS_OFFSET, HFLAGS2_OFFSET, SEGS_OFFSET = 128, 136, 176, 180, 184
+CC_OP_OFFSET = 168  # cc_dst, cc_src, cc_src2 follow eflags; then cc_op, df, hflags (176)
+CC_OP_EFLAGS = 1
+EFER_MSR = 0xC0000080
 SEG_SIZE = 24  # {u32 selector; u32 pad; u64 base; u32 limit; u32 flags}
 R_CS, R_SS = 1, 2
 HF_CPL_MASK = 0x3
@@ -76,6 +80,7 @@ class CpuInternals:
                 f"unicorn {unicorn.__version__} is installed; nitro-emu needs exactly "
                 f"{SUPPORTED_UNICORN} (pip install unicorn=={SUPPORTED_UNICORN})")
         self._uc = uc
+        self.uc_handle = uc._uch.value
         reader = _SafeReader()
         try:
             self.cpu, self.env = self._find_cpu_and_env(uc, reader)
@@ -84,6 +89,9 @@ class CpuInternals:
             self.star_offset = self._find_msr(uc, reader, 0xC0000081, 0x0023001000000000, "star")
             self.lstar_offset = self._find_msr(uc, reader, 0xC0000082, 0xFFFFFFFF81C00040, "lstar")
             self.fmask_offset = self._find_msr(uc, reader, 0xC0000084, 0x0000000000047700, "fmask")
+            self.efer_offset = _efer_offset()
+            if reader.u64(self.env + self.efer_offset) != uc.msr_read(EFER_MSR):
+                raise UnsupportedUnicornError("unexpected Unicorn CPU layout: efer")
         finally:
             reader.close()
         uc.reg_write(x86.UC_X86_REG_DR0, 0)
@@ -102,6 +110,9 @@ class CpuInternals:
         self.star = ctypes.c_uint64.from_address(env + self.star_offset)
         self.lstar = ctypes.c_uint64.from_address(env + self.lstar_offset)
         self.fmask = ctypes.c_uint64.from_address(env + self.fmask_offset)
+        self.efer = ctypes.c_uint64.from_address(env + self.efer_offset)
+        self.eflags = ctypes.c_uint64.from_address(env + EFLAGS_OFFSET)
+        self.cc_op = ctypes.c_uint32.from_address(env + CC_OP_OFFSET)
         self.segs = [_SegmentCache.from_address(env + SEGS_OFFSET + i * SEG_SIZE) for i in range(6)]
         lib = _library()
         self._do_interrupt = lib.x86_cpu_do_interrupt_x86_64
@@ -110,6 +121,13 @@ class CpuInternals:
         self._hardirq = lib.do_interrupt_x86_hardirq_x86_64
         self._hardirq.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
         self._hardirq.restype = None
+        read_eflags = lib.helper_read_eflags_x86_64
+        read_eflags.argtypes = [ctypes.c_void_p]
+        read_eflags.restype = ctypes.c_uint64
+        write_eflags = lib.helper_write_eflags_x86_64
+        write_eflags.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32]
+        write_eflags.restype = None
+        self._read_eflags, self._write_eflags = read_eflags, write_eflags
 
     # -- probing ---------------------------------------------------------------------------
 
@@ -190,6 +208,16 @@ class CpuInternals:
         """Between slices, with RFLAGS.IF set: deliver an external interrupt."""
         self._hardirq(self.env, vector, 1)
 
+    def compute_rflags(self) -> int:
+        """RFLAGS with the lazily kept arithmetic flags folded in (QEMU's
+        cpu_compute_eflags), valid inside a hook."""
+        return self._read_eflags(self.env)
+
+    def load_rflags(self, value: int) -> None:
+        """Make `value` the whole RFLAGS, arithmetic flags included (cpu_load_eflags)."""
+        self._write_eflags(self.env, value, 0xFFFFFFFF)
+        self.cc_op.value = CC_OP_EFLAGS
+
     def interrupts_inhibited(self) -> bool:
         """True in the shadow of STI or MOV SS, when no interrupt may be taken yet."""
         return bool(self.hflags.value & HF_INHIBIT_IRQ_MASK)
@@ -208,6 +236,28 @@ class _SegmentCache(ctypes.Structure):
     _fields_ = [("selector", ctypes.c_uint32), ("pad", ctypes.c_uint32),
                 ("base", ctypes.c_uint64), ("limit", ctypes.c_uint32),
                 ("flags", ctypes.c_uint32)]
+
+
+@functools.lru_cache(maxsize=1)
+def _efer_offset() -> int:
+    """Offset of EFER in env: found on a fresh scratch CPU (the layout is the same for every
+    instance) as the one place that follows four different values written to the MSR."""
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    reader = _SafeReader()
+    try:
+        env = CpuInternals._find_cpu_and_env(uc, reader)[1]
+        candidates = None
+        for value in (0xD01, 0x501, 0xD00, 0x500):
+            uc.msr_write(EFER_MSR, value)
+            data = reader.read(env, 0x3000) or b""
+            needle = struct.pack("<Q", value)
+            hits = {i for i in range(0, len(data) - 7, 8) if data[i:i + 8] == needle}
+            candidates = hits if candidates is None else candidates & hits
+    finally:
+        reader.close()
+    if not candidates or len(candidates) != 1:
+        raise UnsupportedUnicornError("unexpected Unicorn CPU layout: efer not found")
+    return candidates.pop()
 
 
 def disable_mid_instruction_exits(uc: unicorn.Uc) -> None:

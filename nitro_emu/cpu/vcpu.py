@@ -22,7 +22,6 @@ from nitro_emu.memory import GuestRam
 _NEVER = 0x8000_0000_0000_0000
 _RF = 1 << 16
 _IF = 1 << 9
-_EFER = 0xC0000080
 _EFER_SCE = 1
 _HF_CS64 = 1 << 15
 _UD = 6
@@ -56,8 +55,7 @@ class Vcpu:
         self.ram = ram
         self.cpuid = cpuid
         phys_bits = cpuid.lookup(0x80000008, 0)[0] & 0xFF
-        self.delivery = ExceptionDelivery(self.internals, ram, phys_bits,
-                                          lambda: uc.msr_read(_EFER))
+        self.delivery = ExceptionDelivery(self.internals, ram, phys_bits)
         self._port_read = port_read
         self._port_write = port_write
         self.fault: GuestFault | None = None
@@ -72,7 +70,10 @@ class Vcpu:
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
-        uc.hook_add(unicorn.UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+        # Only above RAM: with any memory hook covering a RAM page Unicorn never clears that
+        # page's TLB_NOTDIRTY bit, and every store to RAM takes the slow path.
+        uc.hook_add(unicorn.UC_HOOK_MEM_UNMAPPED, self._on_unmapped, None, ram.size,
+                    0xFFFFFFFFFFFFFFFF)
         self._eflags = ctypes.c_uint64.from_address(self.internals.env + EFLAGS_OFFSET)
         self._has_interrupt: Callable[[], bool] = lambda: False
         self._acknowledge: Callable[[], int] = lambda: 0
@@ -218,12 +219,12 @@ class Vcpu:
         self._port_write(port, size, value & _SIZE_MASK[size])
 
     def _on_syscall(self, uc: unicorn.Uc, _: object) -> None:
-        """SYSCALL in 64-bit mode, done as the CPU does it (Unicorn only calls hooks and
-        then adds 2 to RIP, so RIP is set to LSTAR - 2)."""
+        """SYSCALL in 64-bit mode, as QEMU's helper_syscall does it (Unicorn only calls
+        hooks and then adds 2 to RIP, so RIP is set to LSTAR - 2)."""
         internals = self.internals
         self.counters["syscalls"] += 1
         rip = internals.eip.value
-        if not internals.hflags.value & _HF_CS64 or not uc.msr_read(_EFER) & _EFER_SCE:
+        if not internals.hflags.value & _HF_CS64 or not internals.efer.value & _EFER_SCE:
             try:
                 self.delivery.deliver_exception(_UD, 0)
             except TripleFault as error:
@@ -231,10 +232,9 @@ class Vcpu:
             internals.eip.value -= 2
             return
         regs = self._regs
-        rflags = uc.reg_read(x86.UC_X86_REG_EFLAGS)
         regs[1] = rip + 2
-        regs[11] = rflags & ~_RF
-        uc.reg_write(x86.UC_X86_REG_EFLAGS, rflags & ~(internals.fmask.value | _RF))
+        regs[11] = internals.compute_rflags() & ~_RF
+        internals.load_rflags(internals.eflags.value & ~(internals.fmask.value | _RF))
         selector = (internals.star.value >> 32) & 0xFFFF
         internals.load_flat_segment(R_CS, selector & 0xFFFC, _CS64_FLAGS)
         internals.load_flat_segment(R_SS, (selector + 8) & 0xFFFC, _SS_FLAGS)
