@@ -122,9 +122,10 @@ def test_heartbeat(bench, two_descriptor_rx):
     s.send(bytes([0xB7]))
     h.pump(lambda: s.rx)
     assert s.read() == b"\xb7" and seen == [True] and h.device.heartbeats == 1
+    assert h.device.has_connections()
     s.close()
     h.pump(lambda: s.state == "closed")
-    assert s.reset_received and not h.device.conns
+    assert s.reset_received and not h.device.conns and not h.device.has_connections()
 
 
 def test_heartbeat_wrong_byte_is_not_answered(bench):

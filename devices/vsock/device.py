@@ -137,6 +137,12 @@ class VsockDevice(VirtioDevice):
         if self.config.uds_path:
             _unlink_socket(self.config.uds_path)
 
+    def has_connections(self) -> bool:
+        """Whether any connection is open or still draining to the host. The run loop can
+        skip idle guest time while this is False: listeners alone wait for the host, but
+        an open connection's peers (and the guest's 2 s connect timeout) run on wall time."""
+        return bool(self.conns or self.lingering)
+
     # -- used by connections ------------------------------------------------------------
 
     def forget(self, conn: Connection) -> None:
