@@ -618,3 +618,23 @@ def test_publish_before_the_driver_is_up(bench):
     h.pump(lambda: guest_echo(h) or results)
     client.join()
     assert results == [b"early bird"]
+
+
+def test_close_releases_every_host_socket(bench, tmp_path):
+    base = str(tmp_path / "v.sock")
+    config = VsockConfig(uds_path=base)
+    config.add_publish("127.0.0.1:0:5000")
+    h = bench(config)
+    hb = h.guest.connect(9000)                              # heartbeat socketpair open
+    h.pump(lambda: hb.state == "connected")
+    pending = socket.socket(socket.AF_UNIX)                 # handshake never finished
+    pending.connect(base)
+    for _ in range(5):
+        h.step(0.005)
+    assert h.device.helpers and h.reactor._selector.get_map()
+    h.device.close()
+    assert not h.reactor._selector.get_map() and not h.device.helpers
+    assert not os.path.exists(base)
+    pending.settimeout(5)
+    assert pending.recv(1) == b""
+    pending.close()

@@ -71,6 +71,7 @@ class VsockDevice(VirtioDevice):
         self._listeners: list[tuple[socket.socket, Callable[[int], None]]] = []
         self.published: list[tuple[Publish, tuple]] = []   # (publish, bound address)
         self.heartbeats = 0
+        self.helpers: set = set()    # heartbeat responders and hybrid handshakes in progress
         self._closed = False
         try:
             for publish in self.config.publishes:
@@ -130,6 +131,8 @@ class VsockDevice(VirtioDevice):
         self.reset()
         for conn in list(self.lingering):
             conn.close()
+        for helper in list(self.helpers):
+            helper.close()
         for sock, _ in self._listeners:
             self.host.unregister(sock)
             sock.close()
@@ -499,6 +502,7 @@ class _HeartbeatResponder:
         self.answered = False
         sock.setblocking(False)
         device.host.register(sock, selectors.EVENT_READ, self.ready)
+        device.helpers.add(self)
 
     def ready(self, _mask: int) -> None:
         try:
@@ -524,12 +528,13 @@ class _HeartbeatResponder:
             if callback is not None:
                 callback(ok)
             if not ok:
-                self._close()
+                self.close()
             return
         if not data:
-            self._close()
+            self.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        self.device.helpers.discard(self)
         self.device.host.unregister(self.sock)
         self.sock.close()
 
@@ -543,8 +548,8 @@ class _HybridHandshake:
     def __init__(self, device: VsockDevice, sock: socket.socket) -> None:
         self.device = device
         self.sock = sock
-        self.buffer = b""
         device.host.register(sock, selectors.EVENT_READ, self.ready)
+        device.helpers.add(self)
 
     def ready(self, _mask: int) -> None:
         try:
@@ -557,15 +562,16 @@ class _HybridHandshake:
         if end < 0:
             if not peek or len(peek) >= self.MAX_LINE:
                 log.info("vsock-uds: connection closed or sent no CONNECT line")
-                self._drop()
+                self.close()
             return
         line = self.sock.recv(end + 1)  # consume exactly the line
         words = line.decode("ascii", "replace").split()
         if len(words) != 2 or words[0] != "CONNECT" or not words[1].isdigit() \
                 or int(words[1]) > 0xFFFFFFFE:
             log.info("vsock-uds: bad handshake %r", line[:40])
-            self._drop()
+            self.close()
             return
+        self.device.helpers.discard(self)
         self.device.host.unregister(self.sock)
         self.device.connect_to_guest(self.sock, int(words[1]), self._established)
 
@@ -577,6 +583,7 @@ class _HybridHandshake:
         conn.uncounted += len(line)
         conn.update_interest()
 
-    def _drop(self) -> None:
+    def close(self) -> None:
+        self.device.helpers.discard(self)
         self.device.host.unregister(self.sock)
         self.sock.close()
