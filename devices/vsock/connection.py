@@ -45,6 +45,7 @@ _EVENT_READ = selectors.EVENT_READ
 _EVENT_WRITE = selectors.EVENT_WRITE
 _PAYLOAD_OFF = P.HEADER_SIZE
 _pack_header = P.HEADER.pack
+_pack_header_into = P.HEADER.pack_into
 
 
 class Connection:
@@ -149,7 +150,7 @@ class Connection:
         self.want_credit_update = False
         return _pack_header(P.CID_PARENT, self.device.guest_cid, self.local_port,
                             self.peer_port, length, self.type, op, flags,
-                            self.buf_alloc, self.fwd_cnt & 0xFFFFFFFF)
+                            self.buf_alloc, self.fwd_cnt)
 
     def fill(self, chain: DescriptorChain, capacity: int) -> int:
         """Write the next packet for the guest into `chain` (payload at most `capacity`
@@ -174,9 +175,19 @@ class Connection:
                     self.to_guest.popleft()
                 self.to_guest_bytes -= n
                 self.tx_cnt = (self.tx_cnt + n) & 0xFFFFFFFF
-                chain.write(memoryview(data)[offset:offset + n], _PAYLOAD_OFF)
-                chain.write(self.header(P.OP_RW, n, flags))
-                return _PAYLOAD_OFF + n
+                end = _PAYLOAD_OFF + n
+                buf = chain.writable[0]
+                if len(buf) >= end:      # the usual single-descriptor rx buffer
+                    buf[_PAYLOAD_OFF:end] = memoryview(data)[offset:offset + n]
+                    self.last_fwd_sent = self.fwd_cnt
+                    self.want_credit_update = False
+                    _pack_header_into(buf, 0, P.CID_PARENT, self.device.guest_cid,
+                                      self.local_port, self.peer_port, n, self.type, P.OP_RW,
+                                      flags, self.buf_alloc, self.fwd_cnt)
+                else:
+                    chain.write(memoryview(data)[offset:offset + n], _PAYLOAD_OFF)
+                    chain.write(self.header(P.OP_RW, n, flags))
+                return end
             if not self.credit_requested:
                 self.credit_requested = True
                 self.want_credit_request = True
