@@ -214,3 +214,13 @@ def test_any_request_and_buffer_size(request_, response_size):
         assert isinstance(response, (dict, str))
     else:
         assert response_size < len(cbor2.dumps({"Error": "BufferTooSmall"}))
+
+
+def test_answers_before_a_bad_chain_still_get_their_interrupt(rig):
+    device, driver, interrupts = rig
+    driver.chain([(cbor2.dumps("DescribeNSM"), False)])
+    driver.chain([(0x1000, True)])
+    driver.chain([(0x100, True)])                        # malformed: no request
+    with pytest.raises(VirtqueueError):
+        device.notify(0)
+    assert len(driver.used()) == 2 and interrupts == [1]

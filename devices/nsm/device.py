@@ -61,32 +61,41 @@ class NsmDevice(VirtioDevice):
         if queue is None or queue_index != 0:
             return
         served = False
-        while True:
-            request = queue.pop()
-            if request is None:
-                break
-            if request.writable and not request.readable:
-                raise VirtqueueError(
-                    f"NSM chain {request.head}: expected a request (device-readable), "
-                    "got only a device-writable buffer")
-            if request.writable:            # one chain: request then response space
-                response_chain = request
-            else:
-                response_chain = queue.pop()
-                if response_chain is None:  # response buffer not posted yet: wait for it
-                    queue.unpop()
+        try:
+            while True:
+                pair = self._next_pair(queue)
+                if pair is None:
                     break
-                if response_chain.readable:
-                    raise VirtqueueError(
-                        f"NSM chain {response_chain.head}: the response buffer has "
-                        "device-readable descriptors")
-            written = self._serve(request, response_chain)
-            if response_chain is not request:
-                queue.push(request, 0)
-            queue.push(response_chain, written)
-            served = True
-        if served and queue.needs_interrupt() and self._interrupt is not None:
-            self._interrupt()
+                request, response_chain = pair
+                written = self._serve(request, response_chain)
+                if response_chain is not request:
+                    queue.push(request, 0)
+                queue.push(response_chain, written)
+                served = True
+        finally:   # answers already pushed get their interrupt even if a later chain is bad
+            if served and queue.needs_interrupt() and self._interrupt is not None:
+                self._interrupt()
+
+    @staticmethod
+    def _next_pair(queue: Virtqueue) -> tuple[DescriptorChain, DescriptorChain] | None:
+        """The next (request chain, response chain); the same chain twice when one chain
+        carries both; None until both are posted."""
+        request = queue.pop()
+        if request is None:
+            return None
+        if request.writable and not request.readable:
+            raise VirtqueueError(f"NSM chain {request.head}: expected a request "
+                                 "(device-readable), got only a device-writable buffer")
+        if request.writable:                # one chain: request then response space
+            return request, request
+        response_chain = queue.pop()
+        if response_chain is None:          # response buffer not posted yet: wait for it
+            queue.unpop()
+            return None
+        if response_chain.readable:
+            raise VirtqueueError(f"NSM chain {response_chain.head}: the response buffer has "
+                                 "device-readable descriptors")
+        return request, response_chain
 
     def _serve(self, request: DescriptorChain, response_chain: DescriptorChain) -> int:
         """Run one request; returns the bytes written into the response buffers."""
