@@ -134,3 +134,34 @@ def test_bad_run_options_are_one_line_errors(options, message) -> None:
     assert completed.returncode != 0
     assert message in completed.stderr
     assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
+
+
+def _read_until(process: subprocess.Popen, marker: bytes, output: bytearray, limit: float = 300) -> None:
+    import select
+    import time
+    deadline = time.monotonic() + limit
+    while marker not in output:
+        assert time.monotonic() < deadline, output[-2000:].decode(errors="replace")
+        ready, _, _ = select.select([process.stdout], [], [], 1)
+        if ready:
+            chunk = os.read(process.stdout.fileno(), 65536)
+            assert chunk, f"emulator exited before {marker!r}: {output[-2000:].decode(errors='replace')}"
+            output += chunk
+
+
+def test_the_shell_image_takes_console_input_from_stdin(state_dir) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nitro_emu", str(guest_image("shell.eif")), "--guest-cid", "8"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    output = bytearray()
+    try:
+        _read_until(process, b"/ # ", output)
+        process.stdin.write(b"echo typed-$((6*7))\n")
+        process.stdin.flush()
+        _read_until(process, b"typed-42", output)
+        process.stdin.write(b"exit\n")
+        process.stdin.flush()
+        assert process.wait(timeout=120) == 0
+    finally:
+        process.kill()
+        process.wait()

@@ -2,6 +2,7 @@
 console on the terminal, like `nitro-cli run-enclave --attach-console`."""
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -64,6 +65,20 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _attach_terminal(machine):
+    """Console input from stdin, when there is one (a closed stdin is no error)."""
+    from nitro_emu.terminal import TerminalInput
+    try:
+        fd = sys.stdin.fileno()
+        os.fstat(fd)
+    except (AttributeError, OSError, ValueError):
+        return None
+    terminal = TerminalInput(fd, machine.reactor, machine.uart.feed, machine.stop)
+    if terminal.is_terminal:
+        print("nitro-emu: console attached; Ctrl-] stops the enclave", file=sys.stderr)
+    return terminal
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from devices.vsock import config_from_options
@@ -77,9 +92,12 @@ def main(argv: list[str]) -> int:
                       debug_mode=args.debug_mode, parent_role=args.parent_role,
                       parent_id=args.parent_id, vsock=vsock)
     previous = signal.signal(signal.SIGINT, lambda *_: machine.stop())
+    terminal = _attach_terminal(machine)
     try:
         result = machine.run(timeout=args.timeout)
     finally:
+        if terminal is not None:
+            terminal.close()
         signal.signal(signal.SIGINT, previous)
         machine.close()
     if result.ok:
