@@ -63,6 +63,7 @@ class VsockDevice(VirtioDevice):
         self.lingering: set[Connection] = set()
         self.work: deque = deque()
         self._raw_pending = 0
+        self._warnings = 0
         self._next_port = FIRST_HOST_PORT
         self._queues: list[Virtqueue] | None = None
         self._interrupt: Callable[[], None] | None = None
@@ -140,6 +141,14 @@ class VsockDevice(VirtioDevice):
         if self.config.uds_path:
             _unlink_socket(self.config.uds_path)
 
+    def _guest_warning(self, message: str, *args) -> None:
+        """Log a guest mistake; after the first 20, only every 1000th (a guest must not
+        be able to flood the host's log)."""
+        self._warnings += 1
+        n = self._warnings
+        if n <= 20 or n % 1000 == 0:
+            log.warning(message + (f" [{n} guest warnings so far]" if n >= 20 else ""), *args)
+
     def has_connections(self) -> bool:
         """Whether any connection is open or still draining to the host. The run loop can
         skip idle guest time while this is False: listeners alone wait for the host, but
@@ -157,7 +166,7 @@ class VsockDevice(VirtioDevice):
                  src_cid: int = P.CID_PARENT) -> None:
         """Queue an RST to the guest (dropped if too many are already waiting)."""
         if self._raw_pending >= MAX_RAW_PENDING:
-            log.warning("vsock: too many RSTs waiting for rx buffers; dropping one")
+            self._guest_warning("vsock: too many RSTs waiting for rx buffers; dropping one")
             return
         self._raw_pending += 1
         self.work.append(_HEADER.pack(src_cid, self.guest_cid, local_port, peer_port, 0,
@@ -194,7 +203,7 @@ class VsockDevice(VirtioDevice):
         readable = chain.readable
         total = chain.readable_length - _HEADER_SIZE
         if total < 0:
-            log.warning("vsock: tx chain %d holds %d bytes, less than a header; dropped",
+            self._guest_warning("vsock: tx chain %d holds %d bytes, less than a header; dropped",
                         chain.head, chain.readable_length)
             return
         first = readable[0]
@@ -209,12 +218,12 @@ class VsockDevice(VirtioDevice):
         (src_cid, dst_cid, src_port, dst_port, length, type_, op, flags,
          buf_alloc, fwd_cnt) = hdr
         if src_cid != self.guest_cid:
-            log.warning("vsock: packet from CID %d, not the guest's %d; dropped",
+            self._guest_warning("vsock: packet from CID %d, not the guest's %d; dropped",
                         src_cid, self.guest_cid)
             return
         conn = self.conns.get((dst_port, src_port)) if dst_cid == P.CID_PARENT else None
         if length > total or length > P.MAX_PKT_PAYLOAD:
-            log.warning("vsock: header says %d payload bytes, chain holds %d; %s",
+            self._guest_warning("vsock: header says %d payload bytes, chain holds %d; %s",
                         length, total, "resetting" if conn else "dropped")
             if conn is not None:
                 conn.reset()
@@ -321,7 +330,7 @@ class VsockDevice(VirtioDevice):
                          buf_alloc: int, fwd_cnt: int) -> None:
         config = self.config
         if len(self.conns) >= config.max_connections:
-            log.warning("vsock: %d connections open; refusing guest port %d -> %d",
+            self._guest_warning("vsock: %d connections open; refusing guest port %d -> %d",
                         len(self.conns), guest_port, parent_port)
             self.send_rst(parent_port, guest_port, type_)
             return
