@@ -18,6 +18,23 @@ from nitro_emu.interfaces import HostIo
 ESCAPE = b"\x1d"  # Ctrl-]
 
 
+INPUT_FILE_LIMIT = 1 << 20
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    chunks, size = [], 0
+    while size < limit:
+        try:
+            chunk = os.read(fd, min(65536, limit - size))
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 class TerminalInput:
     """Attaches a readable file descriptor (normally stdin) to `feed`."""
 
@@ -32,9 +49,14 @@ class TerminalInput:
         if self.is_terminal:
             self._saved_mode = termios.tcgetattr(fd)
             tty.setraw(fd)
-        os.set_blocking(fd, False)
-        host.register(fd, selectors.EVENT_READ, self._readable)
-        self._registered = True
+        self._registered = False
+        try:
+            os.set_blocking(fd, False)
+            host.register(fd, selectors.EVENT_READ, self._readable)
+            self._registered = True
+        except PermissionError:
+            # A regular file or /dev/null cannot be polled: it is all there already.
+            feed(_read_all(fd, INPUT_FILE_LIMIT))
 
     def _readable(self, _events: int) -> None:
         try:

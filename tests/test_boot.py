@@ -32,6 +32,15 @@ def test_hello_boots_prints_its_line_and_resets(boot) -> None:
     assert run.result.stats["syscalls"] > 0 and run.result.stats["exceptions"] > 0
 
 
+def test_hello_on_the_aws_configured_kernel_boots_too(boot) -> None:
+    """The kernel users really run (AWS's enclave config: SMP, x2APIC, ACPI, paravirt, HPET,
+    modules) on a machine without APIC, ACPI or HPET."""
+    run = boot("hello-aws.eif", timeout=900)
+    assert run.result.ok, f"{run.result.reason}: {run.result.message}\n{run.console[-3000:]}"
+    assert HELLO in run.console
+    assert not KERNEL_TROUBLE.search(run.console), KERNEL_TROUBLE.search(run.console).group(0)
+
+
 def test_sysbench_runs_to_the_end_with_every_operation_counted(boot) -> None:
     run = boot("sysbench.eif", timeout=900)
     assert run.result.ok, run.result.message
