@@ -5,10 +5,19 @@ Depends on nothing else in nitro-emu. Entry points:
 * `build_eif(output, kernel=..., cmdline=..., ramdisks=[...]) -> Measurements`;
 * `eif.pcr`: `pcr_of_string` (PCR3/PCR4), `pcr8_from_certificate`, `extend_digest`.
 """
-from eif.builder import build_eif
+from typing import Any
+
 from eif.errors import EifError
 from eif.pcr import Measurements, pcr8_from_certificate, pcr_of_string
 from eif.reader import EifImage, Section, read_eif
 
 __all__ = ["EifError", "EifImage", "Measurements", "Section", "build_eif", "read_eif",
            "pcr8_from_certificate", "pcr_of_string"]
+
+
+def __getattr__(name: str) -> Any:
+    # The builder (and its signing code) is imported on first use: booting only reads.
+    if name == "build_eif":
+        from eif.builder import build_eif
+        return build_eif
+    raise AttributeError(name)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 from typing import Callable
 
-import capstone
 import unicorn
 from unicorn import x86_const as x86
 
@@ -148,6 +147,7 @@ class Vcpu:
 
     def disassemble(self, address: int) -> str:
         """The instruction at `address` as text, for error reports."""
+        import capstone  # only for error reports: kept off the start-up path
         code = self.delivery.read_linear(address, 15)
         if code is None:
             return "(instruction not readable)"
