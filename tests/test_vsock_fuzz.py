@@ -121,7 +121,7 @@ def test_tx_header_split_over_descriptors():
 
 @settings(max_examples=15, deadline=None)
 @given(buf_alloc=st.sampled_from([4096, 5000, 65536, 262144]),
-       reads=st.lists(st.integers(1, 70000), min_size=1, max_size=20),
+       reads=st.lists(st.integers(300, 70000), min_size=1, max_size=20),
        sizes=st.lists(st.integers(1, 200_000), min_size=1, max_size=6),
        two_descriptor_rx=st.booleans())
 def test_credit_flow_never_loses_or_overruns(buf_alloc, reads, sizes, two_descriptor_rx):
