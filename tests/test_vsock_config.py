@@ -61,6 +61,21 @@ def test_config_from_options():
         config_from_options(["1=tcp:h:1", "1=tcp:h:2"])
 
 
+def test_argparse_helpers():
+    import argparse
+
+    from devices.vsock import add_arguments, config_from_args
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--forward", "8000=tcp:h:443", "--forward", "9=unix:/s",
+                              "--publish", "5005:5000", "--vsock-uds", "/tmp/v"])
+    config = config_from_args(args)
+    assert config.forwards[8000] == TcpTarget("h", 443) and config.uds_path == "/tmp/v"
+    assert config_from_args(parser.parse_args([])).forwards == {}
+    with pytest.raises(ValueError, match="unknown target kind"):
+        config_from_args(parser.parse_args(["--forward", "1=ftp:x"]))
+
+
 def test_duplicate_forward():
     config = VsockConfig()
     config.add_forward("1=tcp:h:1")

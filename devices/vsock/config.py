@@ -105,6 +105,29 @@ def config_from_options(forwards: list[str] = (), publishes: list[str] = (),
     return config
 
 
+def add_arguments(parser) -> None:
+    """Add --forward, --publish and --vsock-uds to an argparse parser (repeatable)."""
+    parser.add_argument("--forward", action="append", default=[],
+                        metavar="PORT=tcp:HOST:PORT|unix:PATH|vsock:CID:PORT",
+                        help="guest connections to parent port PORT (CID 3) go to this host "
+                             "address; unforwarded ports are refused")
+    parser.add_argument("--publish", action="append", default=[],
+                        metavar="[ADDR:]HOSTPORT:GUESTPORT",
+                        help="listen on host TCP ADDR:HOSTPORT (default 127.0.0.1) and "
+                             "connect each client to the guest's vsock GUESTPORT")
+    parser.add_argument("--vsock-uds", metavar="PATH",
+                        help="Firecracker hybrid vsock: host clients connect to PATH and "
+                             "write 'CONNECT <port>'; guest connections to parent port P "
+                             "go to the Unix socket PATH_P")
+
+
+def config_from_args(args, on_heartbeat: Callable[[bool], None] | None = None,
+                     heartbeat: bool = True) -> VsockConfig:
+    """The VsockConfig for arguments added by `add_arguments` (ValueError if bad)."""
+    return config_from_options(args.forward, args.publish, args.vsock_uds, heartbeat,
+                               on_heartbeat)
+
+
 def _int(text: str, what: str, low: int, high: int, spec: str) -> int:
     if not text.isdigit():
         raise ValueError(f"{spec!r}: {what} {text!r} is not a number")
