@@ -1,0 +1,231 @@
+"""vsock with the real Linux guest (images from `make guest`): the boot heartbeat, host ->
+guest publishing through echo.eif, guest -> parent forwarding with vsock-send, a refused
+parent port, and host sockets closed when the machine stops mid-transfer."""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import socket
+import threading
+import time
+import zlib
+
+from conftest import guest_image
+from devices.vsock import VsockConfig
+from guest import cpio
+from nitro_emu import Machine
+
+MB = 1 << 20
+
+
+def make_machine(name_or_path, config: VsockConfig, state_dir, **options) -> Machine:
+    path = name_or_path if os.path.isabs(str(name_or_path)) else guest_image(name_or_path)
+    return Machine(path, guest_cid=16, console=io.BytesIO(), state_dir=state_dir,
+                   vsock=config, **options)
+
+
+def wait_for(machine: Machine, text: bytes, timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while text not in machine.console_output:
+        if time.monotonic() > end:
+            raise TimeoutError(f"{text!r} never appeared on the console")
+        time.sleep(0.05)
+
+
+def echo_client(address, data: bytes) -> bytes:
+    with socket.create_connection(address, timeout=120) as c:
+        sender = threading.Thread(target=lambda: (c.sendall(data), c.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got = bytearray()
+        while chunk := c.recv(1 << 20):
+            got += chunk
+        sender.join()
+    return bytes(got)
+
+
+def run_with(machine: Machine, client, timeout: float = 300):
+    """Run the machine on this thread while `client()` works on another and then stops it."""
+    outcome = {}
+
+    def work():
+        try:
+            outcome["value"] = client()
+        except BaseException as error:   # reported on the test thread
+            outcome["error"] = error
+        finally:
+            machine.stop()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    result = machine.run(timeout=timeout)
+    thread.join(30)
+    if "error" in outcome:
+        raise outcome["error"]
+    return result, outcome.get("value")
+
+
+def test_echo_guest_heartbeat_10mb_and_50_connections(state_dir):
+    config = VsockConfig()
+    config.add_publish("127.0.0.1:0:5000")
+    machine = make_machine("echo.eif", config, state_dir)
+    try:
+        address = machine.vsock.published[0][1]
+        blob = os.urandom(10 * MB)
+        small = [os.urandom(20_000 + i) for i in range(50)]
+
+        def client():
+            wait_for(machine, b"vsock-echo: listening on port 5000")
+            big = echo_client(address, blob)
+            # Open the 50 in waves of 10 (vsock-echo's listen backlog is 16: a burst of 50
+            # REQUESTs would overflow it and the guest kernel itself would answer RST), then
+            # run all 50 transfers at the same time.
+            socks = []
+            for wave in range(5):
+                batch = [socket.create_connection(address, timeout=120) for _ in range(10)]
+                for c in batch:
+                    c.sendall(b"!")
+                for c in batch:
+                    assert c.recv(1) == b"!"
+                socks += batch
+            results = [None] * 50
+
+            def one(i):
+                c = socks[i]
+                sender = threading.Thread(
+                    target=lambda: (c.sendall(small[i]), c.shutdown(socket.SHUT_WR)))
+                sender.start()
+                got = bytearray()
+                while chunk := c.recv(1 << 20):
+                    got += chunk
+                sender.join()
+                c.close()
+                results[i] = bytes(got)
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            return big, results
+
+        result, (big, results) = run_with(machine, client)
+        assert machine.vsock.heartbeats == 1              # init's boot heartbeat answered
+        assert hashlib.sha256(big).digest() == hashlib.sha256(blob).digest()
+        assert results == small
+    finally:
+        machine.close()
+
+
+def build_sender_eif(tmp_path, command: str):
+    """echo.eif's kernel and ramdisks, with the application's /cmd replaced."""
+    from eif.builder import build_eif
+    source = guest_image("echo")
+    entries = []
+    for entry in cpio.read_newc((source / "ramdisk-2.cpio").read_bytes()):
+        if entry.path == "cmd":
+            entry = cpio.file("cmd", f"sh\n-c\n{command}\n".encode())
+        entries.append(entry)
+    ramdisk = tmp_path / "ramdisk-2.cpio"
+    ramdisk.write_bytes(cpio.newc_archive(entries))
+    out = tmp_path / "vsock-test.eif"
+    build_eif(out, kernel=source / "bzImage", cmdline=(source / "cmdline").read_text(),
+              ramdisks=[source / "ramdisk-1.cpio", ramdisk], name="vsock-test")
+    return out
+
+
+def test_guest_send_to_host_refused_port_and_host_to_guest(state_dir, tmp_path):
+    size = 20 * MB
+    eif = build_sender_eif(
+        tmp_path, f"vsock-send 3 7000 {size}; vsock-send 3 7002 10; vsock-recv 5001")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    received = {}
+
+    def sink():
+        conn, _ = listener.accept()
+        crc = count = 0
+        with conn:
+            while data := conn.recv(1 << 20):
+                crc = zlib.crc32(data, crc)
+                count += len(data)
+        received.update(count=count, crc=crc)
+
+    threading.Thread(target=sink, daemon=True).start()
+    config = VsockConfig()
+    config.add_forward(f"7000=tcp:127.0.0.1:{listener.getsockname()[1]}")
+    config.add_publish("127.0.0.1:0:5001")
+    machine = make_machine(eif, config, state_dir)
+    try:
+        address = machine.vsock.published[0][1]
+        blob = os.urandom(size)
+        outcome = {}
+
+        def client():
+            wait_for(machine, b"vsock-recv: listening on port 5001")
+            with socket.create_connection(address, timeout=120) as c:
+                c.sendall(blob)
+            outcome["sent"] = True
+            wait_for(machine, b"received ")
+
+        result, _ = run_with(machine, client)
+        console = machine.console_output.decode("utf-8", "replace")
+        sent = re.search(r"sent (\d+) bytes .* crc32 ([0-9a-f]+)", console)
+        assert sent, console[-2000:]
+        assert int(sent.group(1)) == size == received["count"]
+        assert int(sent.group(2), 16) == received["crc"]
+        assert "vsock-send: connect to 3:7002: Connection reset by peer" in console
+        got = re.search(r"received (\d+) bytes .* crc32 ([0-9a-f]+)", console)
+        assert got, console[-2000:]
+        assert int(got.group(1)) == size and int(got.group(2), 16) == zlib.crc32(blob)
+    finally:
+        machine.close()
+        listener.close()
+
+
+def test_stopping_mid_transfer_closes_host_sockets(state_dir):
+    config = VsockConfig()
+    config.add_publish("127.0.0.1:0:5000")
+    machine = make_machine("echo.eif", config, state_dir)
+    progress = {"echoed": 0}
+    reader_done = threading.Event()
+    try:
+        address = machine.vsock.published[0][1]
+
+        def client():
+            wait_for(machine, b"vsock-echo: listening on port 5000")
+            c = socket.create_connection(address, timeout=60)
+            progress["socket"] = c
+
+            def reader():
+                try:
+                    while chunk := c.recv(1 << 20):
+                        progress["echoed"] += len(chunk)
+                    progress["how"] = "eof"
+                except OSError as error:
+                    progress["how"] = type(error).__name__
+                reader_done.set()
+
+            def writer():
+                block = os.urandom(MB)
+                try:
+                    while not reader_done.is_set():
+                        c.sendall(block)
+                except OSError:
+                    pass
+
+            threading.Thread(target=reader, daemon=True).start()
+            threading.Thread(target=writer, daemon=True).start()
+            end = time.monotonic() + 120
+            while progress["echoed"] < 2 * MB and time.monotonic() < end:
+                time.sleep(0.01)       # then stop the machine in the middle of the stream
+
+        run_with(machine, client)
+    finally:
+        machine.close()
+    assert progress["echoed"] >= 2 * MB
+    assert reader_done.wait(30), "the host socket stayed open after the machine stopped"
+    assert progress["how"] in ("eof", "ConnectionResetError")
+    progress["socket"].close()
