@@ -1,10 +1,12 @@
-"""vsock device throughput and latency at device level (Python guest driver, real host
-TCP sockets on 127.0.0.1). Prints figures; never passes or fails on time.
+"""vsock throughput and latency. Prints figures; never passes or fails on time.
 
-    .venv/bin/python benchmarks/vsock.py [--mb 100] [--echoes 2000]
+    .venv/bin/python benchmarks/vsock.py [--mb 100] [--echoes 2000] [--no-guest]
 
-The guest side is the Python driver in devices/vsock/guest_driver.py, so the figures
-include its cost too (a real Linux guest's driver runs as guest code instead).
+Device level: the Python guest driver (devices/vsock/guest_driver.py) against the real
+transport and device, host TCP sockets on 127.0.0.1; the figures include the driver's cost.
+Real guest (needs `make guest`): the Linux guest on the machine, vsock-send / vsock-recv
+for bulk (their own rate lines, CRC-checked against the host) and echo.eif for the 1-byte
+round trip.
 """
 from __future__ import annotations
 
@@ -141,10 +143,136 @@ def echo_rtt(count: int) -> list[float]:
     return times
 
 
+GUEST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "build", "guest")
+
+
+def _sender_eif(directory: str, command: str) -> str:
+    """echo.eif's kernel and ramdisks with the application's /cmd replaced."""
+    from eif.builder import build_eif
+    from guest import cpio
+    source = os.path.join(GUEST_DIR, "echo")
+    entries = []
+    with open(os.path.join(source, "ramdisk-2.cpio"), "rb") as f:
+        for entry in cpio.read_newc(f.read()):
+            if entry.path == "cmd":
+                entry = cpio.file("cmd", f"sh\n-c\n{command}\n".encode())
+            entries.append(entry)
+    ramdisk = os.path.join(directory, "ramdisk-2.cpio")
+    with open(ramdisk, "wb") as f:
+        f.write(cpio.newc_archive(entries))
+    out = os.path.join(directory, "vsock-bench.eif")
+    with open(os.path.join(source, "cmdline")) as f:
+        cmdline = f.read()
+    build_eif(out, kernel=os.path.join(source, "bzImage"), cmdline=cmdline,
+              ramdisks=[os.path.join(source, "ramdisk-1.cpio"), ramdisk], name="vsock-bench")
+    return out
+
+
+def _run_machine(eif: str, config: VsockConfig, client, state: str):
+    """Boot `eif` with `config`; `client(machine)` runs on a thread, then stops it."""
+    import io
+    from nitro_emu import Machine
+    machine = Machine(eif, guest_cid=16, console=io.BytesIO(), state_dir=state, vsock=config)
+    out = {}
+
+    def work():
+        try:
+            out["value"] = client(machine)
+        finally:
+            machine.stop()
+
+    t = threading.Thread(target=work, daemon=True)
+    t.start()
+    try:
+        result = machine.run(timeout=600)
+    finally:
+        machine.close()
+    t.join(30)
+    return result, machine.console_output.decode("utf-8", "replace"), out.get("value")
+
+
+def _wait_console(machine, text: bytes, timeout: float = 300) -> None:
+    end = time.monotonic() + timeout
+    while text not in machine.console_output:
+        if time.monotonic() > end:
+            raise TimeoutError(f"{text!r} never appeared on the guest console")
+        time.sleep(0.02)
+
+
+def guest_figures(size_mb: int, echoes: int) -> None:
+    import re
+    import tempfile
+    import zlib
+    size = size_mb * MB
+    with tempfile.TemporaryDirectory() as tmp:
+        eif = _sender_eif(tmp, f"vsock-send 3 7000 {size}; vsock-recv 5001")
+        got = {}
+
+        def sink(conn):
+            crc = n = 0
+            with conn:
+                while data := conn.recv(1 << 20):
+                    crc = zlib.crc32(data, crc)
+                    n += len(data)
+            got.update(n=n, crc=crc)
+
+        listener, addr = tcp_server(sink)
+        config = VsockConfig()
+        config.add_forward(f"7000=tcp:{addr[0]}:{addr[1]}")
+        config.add_publish("127.0.0.1:0:5001")
+        block = os.urandom(MB)
+
+        def feed(machine):
+            _wait_console(machine, b"vsock-recv: listening on port 5001")
+            with socket.create_connection(machine.vsock.published[0][1]) as c:
+                for _ in range(size_mb):
+                    c.sendall(block)
+            _wait_console(machine, b"received ")
+
+        _, console, _ = _run_machine(eif, config, feed, tmp)
+        listener.close()
+        sent = re.search(r"sent (\d+) bytes in ([\d.]+) s \(([\d.]+) MiB/s\) crc32 (\w+)",
+                         console)
+        recv = re.search(r"received (\d+) bytes in ([\d.]+) s \(([\d.]+) MiB/s\) crc32 (\w+)",
+                         console)
+        if not sent or not recv:
+            print("  real guest: no rate lines on the console:\n" + console[-1500:])
+            return
+        ok_out = int(sent.group(1)) == got.get("n") and int(sent.group(4), 16) == got.get("crc")
+        ok_in = int(recv.group(1)) == size and \
+            int(recv.group(4), 16) == zlib.crc32(block * size_mb)
+        print(f"  real guest -> host (vsock-send)    : {float(sent.group(3)):8.1f} MiB/s "
+              f"({'CRC ok' if ok_out else 'CRC MISMATCH'})")
+        print(f"  host -> real guest (vsock-recv)    : {float(recv.group(3)):8.1f} MiB/s "
+              f"({'CRC ok' if ok_in else 'CRC MISMATCH'})")
+
+        config = VsockConfig()
+        config.add_publish("127.0.0.1:0:5000")
+
+        def pings(machine):
+            _wait_console(machine, b"vsock-echo: listening on port 5000")
+            times = []
+            with socket.create_connection(machine.vsock.published[0][1]) as c:
+                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for _ in range(echoes + 1):
+                    start = time.perf_counter()
+                    c.sendall(b"x")
+                    c.recv(1)
+                    times.append(time.perf_counter() - start)
+            return sorted(t * 1e6 for t in times[1:])
+
+        _, _, us = _run_machine(os.path.join(GUEST_DIR, "echo.eif"), config, pings, tmp)
+        print(f"  1-byte echo host TCP->real guest   : median {statistics.median(us):7.1f} us, "
+              f"p99 {us[int(len(us) * 0.99) - 1]:7.1f} us")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=100, help="bulk transfer size in MiB")
     parser.add_argument("--echoes", type=int, default=2000, help="1-byte round trips")
+    parser.add_argument("--no-guest", action="store_true",
+                        help="skip the real-guest figures (they need `make guest`)")
     args = parser.parse_args(argv)
     size = args.mb * MB
     print(f"vsock device-level benchmark ({args.mb} MiB bulk, {args.echoes} echoes)")
@@ -154,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     us = sorted(t * 1e6 for t in times)
     print(f"  1-byte echo guest->host TCP->guest : median {statistics.median(us):7.1f} us, "
           f"p99 {us[int(len(us) * 0.99) - 1]:7.1f} us")
+    if not args.no_guest:
+        if os.path.exists(os.path.join(GUEST_DIR, "echo.eif")):
+            guest_figures(args.mb, args.echoes)
+        else:
+            print(f"  real guest: {GUEST_DIR}/echo.eif missing (make guest); skipped")
     return 0
 
 
