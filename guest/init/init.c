@@ -9,7 +9,7 @@
  *      (for machines without a vsock device);
  *   4. read /env (KEY=value per line) and /cmd (one argv element per line), delete them;
  *   5. chroot into /rootfs; mount /dev, /proc, /run, /tmp, /dev/shm, /dev/pts, /sys,
- *      cgroups (those the kernel has);
+ *      cgroup v1 hierarchies (those the kernel can mount);
  *   6. run the command in its own session, reap every child until it exits;
  *   7. reboot(RB_AUTOBOOT), which ends the enclave.
  * Any failure before the command runs makes init exit, so the kernel panics
@@ -257,8 +257,14 @@ static void mount_cgroups(void)
         char path[128];
         snprintf(path, sizeof path, "/sys/fs/cgroup/%s", name);
         ensure_dir(path);
-        if (mount(name, path, "cgroup", MS_NODEV | MS_NOSUID | MS_NOEXEC, name) < 0)
-            fail("mount cgroup", path);
+        /* Linux >= 6.12 lists controllers whose cgroup v1 support is configured out
+         * (CPUSETS_V1, MEMCG_V1): mounting those fails with EINVAL. AWS's init (written
+         * for 6.6) would die here; we warn and go on, as the application does not
+         * depend on it. */
+        if (mount(name, path, "cgroup", MS_NODEV | MS_NOSUID | MS_NOEXEC, name) < 0) {
+            warn_errno("mount cgroup", path);
+            rmdir(path);
+        }
     }
     fclose(f);
 }
