@@ -320,6 +320,24 @@ def test_stalled_guest_gets_exactly_its_credit(bench):
     assert h.guest.violations == 0
 
 
+@pytest.mark.parametrize("ours, guests", [(1 << 20, 256 * 1024), (64 * 1024, 256 * 1024),
+                                           (256 * 1024, 16 * 1024)])
+def test_credit_updates_follow_the_smaller_window(bench, ours, guests):
+    """Linux sends at most min(peer buf_alloc, own buf_alloc): our CREDIT_UPDATEs must
+    come before that window closes, whichever side is smaller."""
+    server = Server(handler=sink)
+    h = bench(tcp_forward(server, buf_alloc=ours))
+    s = h.guest.connect(7000, buf_alloc=guests)
+    h.pump(lambda: s.state == "connected")
+    data = os.urandom(3 * MB)
+    s.send(data)
+    h.pump(lambda: not s.pending_tx, timeout=30)
+    s.close()
+    h.pump(lambda: s.state == "closed")
+    server.join()
+    assert server.results == [(len(data), hashlib.sha256(data).hexdigest())]
+
+
 def test_slow_host_reader_stalls_only_its_connection(bench):
     release = threading.Event()
 

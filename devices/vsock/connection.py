@@ -294,8 +294,13 @@ class Connection:
         """Queue a CREDIT_UPDATE if the guest's view of our free space is getting low."""
         if self.fwd_cnt == self.last_fwd_sent or self.want_credit_update:
             return
-        guest_view_free = self.buf_alloc - ((self.rx_cnt - self.last_fwd_sent) & 0xFFFFFFFF)
-        if guest_view_free < self.buf_alloc // 2 or guest_view_free < P.MAX_PKT_PAYLOAD:
+        # Linux sends at most min(our buf_alloc, its own buf_alloc) unacknowledged bytes
+        # (virtio_transport_tx_buf_size), so that is the window the guest sees.
+        window = self.buf_alloc
+        if 0 < self.peer_buf_alloc < window:
+            window = self.peer_buf_alloc
+        guest_view_free = window - ((self.rx_cnt - self.last_fwd_sent) & 0xFFFFFFFF)
+        if guest_view_free < window // 2 or guest_view_free < P.MAX_PKT_PAYLOAD:
             self.want_credit_update = True
             self._queue()
 

@@ -206,7 +206,10 @@ class GuestSocket:
 
     # credit -----------------------------------------------------------------------------
     def credit(self) -> int:
-        return max(0, self.peer_buf_alloc - ((self.tx_cnt - self.peer_fwd_cnt) & 0xFFFFFFFF))
+        """As virtio_transport_has_space with virtio_transport_tx_buf_size: the peer's
+        buffer, capped by our own buf_alloc."""
+        window = min(self.peer_buf_alloc, self.buf_alloc)
+        return max(0, window - ((self.tx_cnt - self.peer_fwd_cnt) & 0xFFFFFFFF))
 
     def _header(self, op: int, length: int = 0, flags: int = 0) -> bytes:
         self.last_fwd_cnt = self.fwd_cnt
