@@ -67,7 +67,7 @@ static inline int vsock_listen(const char *prog, uint32_t port)
 {
     struct sockaddr_vm sa = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = port};
     int fd = socket(AF_VSOCK, SOCK_STREAM, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 16) < 0) {
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 128) < 0) {
         fprintf(stderr, "%s: listen on vsock port %u: %s\n", prog, port, strerror(errno));
         exit(1);
     }
