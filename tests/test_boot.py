@@ -3,6 +3,7 @@ the console, how runs end, and images that cannot boot."""
 from __future__ import annotations
 
 import os
+import random
 import re
 import subprocess
 import sys
@@ -83,7 +84,8 @@ def test_a_bzimage_whose_code_is_garbage_ends_with_a_fault_report_not_a_hang(
         tmp_path: Path, state_dir) -> None:
     real = eif.read_eif(guest_image("hello.eif")).read_kernel()
     setup_end = (real[0x1F1] + 1) * 512
-    garbage = real[:setup_end] + os.urandom(len(real) - setup_end)
+    # Seeded, so every run executes the same garbage (no chance of a lucky endless loop).
+    garbage = real[:setup_end] + random.Random(20261127).randbytes(len(real) - setup_end)
     image = _eif_with(tmp_path, garbage, [b"ramdisk"], "console=ttyS0")
     machine = Machine(image, guest_cid=16, state_dir=state_dir, console=lambda data: None)
     try:
@@ -91,9 +93,8 @@ def test_a_bzimage_whose_code_is_garbage_ends_with_a_fault_report_not_a_hang(
     finally:
         machine.close()
     assert not result.ok
-    assert result.reason in ("triple-fault", "fault", "poweroff", "no-progress"), result
-    if result.reason in ("triple-fault", "fault"):
-        assert "RIP" in result.message
+    assert result.reason in ("triple-fault", "fault"), result
+    assert "RIP 0x" in result.message
 
 
 def test_a_missing_init_is_reported_as_the_kernel_panic(tmp_path: Path, state_dir) -> None:
