@@ -217,3 +217,17 @@ def test_stopping_between_a_fault_and_its_handler_loses_and_repeats_nothing() ->
     assert machine.reg("r15") == faults
     assert machine.reg("r12") == faults * (faults + 1) // 2
     assert machine.reg("rsp") == STACK
+
+
+def test_many_cpus_in_one_process_each_find_their_own_state() -> None:
+    # CPU classes of live instances sit next to each other on the heap; probing one must
+    # not pick up its neighbour's fields.
+    machines = [MiniMachine() for _ in range(12)]
+    del machines[::3]
+    machines += [MiniMachine() for _ in range(6)]
+    for machine in machines:
+        machine.handler(0x30, mov_r12(0x30) + HLT)
+        machine.run(STI + HLT)
+        machine.vcpu.inject_interrupt(0x30)
+        machine.vcpu.run_slice()
+        assert machine.reg("r12") == 0x30

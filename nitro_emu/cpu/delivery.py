@@ -68,8 +68,6 @@ class _Fault(Exception):
 class ExceptionDelivery:
     """Checks and performs delivery of exceptions and external interrupts."""
 
-    _exception_index_offset: int | None = None
-
     def __init__(self, internals: CpuInternals, ram: GuestRam, phys_bits: int) -> None:
         self._cpu = internals
         self._u64 = struct.Struct("<Q").unpack_from
@@ -78,10 +76,8 @@ class ExceptionDelivery:
         self._rsvd_high = ((1 << 52) - 1) & ~((1 << phys_bits) - 1)
         self._efer = internals.efer
         env = internals.env
-        if ExceptionDelivery._exception_index_offset is None:
-            ExceptionDelivery._exception_index_offset = find_exception_index_offset()
         self._exception_index = ctypes.c_int32.from_address(
-            internals.cpu + ExceptionDelivery._exception_index_offset)
+            internals.cpu + find_exception_index_offset())
         error_code_address = ctypes.addressof(internals.error_code)
         self._exception_is_int = ctypes.c_int32.from_address(
             error_code_address + _EXCEPTION_IS_INT_FROM_ERROR_CODE)

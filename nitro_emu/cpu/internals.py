@@ -294,6 +294,7 @@ def disable_mid_instruction_exits(uc: unicorn.Uc) -> None:
     ctypes.c_bool.from_address(base + offset).value = True
 
 
+@functools.lru_cache(maxsize=1)
 def find_exception_index_offset() -> int:
     """Offset of `CPUState.exception_index`: run `int 0x77` and `int 0x5a` in a scratch CPU
     and find the one int32 field that holds the vector inside the interrupt hook."""

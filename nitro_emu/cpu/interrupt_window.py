@@ -42,6 +42,29 @@ _DISPATCH = _EXEC_INTERRUPT(_dispatch)  # kept alive for the life of the process
 _DISPATCH_ADDRESS = ctypes.cast(_DISPATCH, ctypes.c_void_p).value
 
 
+_slot_offset: int | None = None
+
+
+def _exec_interrupt_slot(table: bytes, original: int) -> int:
+    """Offset of `cpu_exec_interrupt` in the CPU class: the first pointer to Unicorn's
+    handler (or ours), found once; later classes must have it at the same place. (The
+    scan window can reach into a neighbouring CPU class of another live instance, so
+    only the first hit counts.)"""
+    global _slot_offset
+    targets = (original, _DISPATCH_ADDRESS)
+    if _slot_offset is None:
+        hits = [i for i in range(0, len(table) - 7, 8)
+                if struct.unpack_from("<Q", table, i)[0] in targets]
+        if not hits:
+            raise UnsupportedUnicornError(
+                "unexpected Unicorn CPU layout: cpu_exec_interrupt not found in the CPU class")
+        _slot_offset = hits[0]
+    if struct.unpack_from("<Q", table, _slot_offset)[0] not in targets:
+        raise UnsupportedUnicornError(
+            "unexpected Unicorn CPU layout: cpu_exec_interrupt moved in the CPU class")
+    return _slot_offset
+
+
 class InterruptWindow:
     """Routes `cpu_exec_interrupt` for one vCPU to `handler(request) -> delivered`."""
 
@@ -60,11 +83,7 @@ class InterruptWindow:
             table = reader.read(cpu_class, 1024) if cpu_class else None
             if table is None:
                 raise UnsupportedUnicornError("cannot read Unicorn's CPU class")
-            slots = [i for i in range(0, 1024, 8)
-                     if struct.unpack_from("<Q", table, i)[0] in (original, _DISPATCH_ADDRESS)]
-            if len(slots) != 1:
-                raise UnsupportedUnicornError(
-                    "unexpected Unicorn CPU layout: cpu_exec_interrupt not found in the CPU class")
+            slot = _exec_interrupt_slot(table, original)
             if reader.read(cpu + _INTERRUPT_REQUEST_OFFSET - 4, 4) != b"\xff\xff\xff\xff":
                 raise UnsupportedUnicornError(
                     "unexpected Unicorn CPU layout: interrupt_request is not where expected")
@@ -75,7 +94,7 @@ class InterruptWindow:
             raise UnsupportedUnicornError("unexpected Unicorn CPU layout: icount_decr_ptr")
         if _original is None:
             _original = _EXEC_INTERRUPT(original)
-        ctypes.c_uint64.from_address(cpu_class + slots[0]).value = _DISPATCH_ADDRESS
+        ctypes.c_uint64.from_address(cpu_class + slot).value = _DISPATCH_ADDRESS
         self._request = ctypes.c_uint32.from_address(cpu + _INTERRUPT_REQUEST_OFFSET)
         self._icount_high = ctypes.c_uint16.from_address(icount_decr + 2)
         self._cpu = cpu
