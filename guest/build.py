@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -115,11 +116,23 @@ def build(out: Path, only: list[str] | None = None, log=print, jobs: int = 2) ->
         prof = out / manifest[n]["kernel"]
         prof.mkdir(exist_ok=True)
         shutil.copyfile(cache / n / "bzImage", prof / "bzImage")
+    _prune(cache.parent, keep=cache)
     out_manifest = out / "manifest.json"
     old = json.loads(out_manifest.read_text()) if out_manifest.is_file() else {}
     old.update({n: manifest[n] for n in names})
     out_manifest.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
     return {n: manifest[n] for n in names}
+
+
+def _prune(images_dir: Path, keep: Path, count: int = 3) -> None:
+    """Drop all but the `count` most recently used image cache entries (each guest/ edit
+    makes a new one of ~130 MB)."""
+    os.utime(keep)
+    entries = sorted((d for d in images_dir.iterdir() if d.is_dir()),
+                     key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in entries[count:]:
+        if d != keep:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
