@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from devices.legacy._ports import read_wide, write_wide
+from devices.legacy._ports import ByteRegisterPorts
 
 
 def _priority_table() -> list[int]:
@@ -192,7 +192,7 @@ class PicLine:
         self._pulse(self.irq)
 
 
-class Pic8259Pair:
+class Pic8259Pair(ByteRegisterPorts):
     """Master and slave 8259A wired as in a PC/AT.
 
     `on_request()` is called when INTR (the master's INT output) goes from low to high;
@@ -258,31 +258,6 @@ class Pic8259Pair:
                 vector = master.base + irq
         self._update()
         return vector
-
-    # -- the bus side -------------------------------------------------------------------
-
-    def port_read(self, port: int, size: int) -> int:
-        if size == 1:
-            reader = self._readers.get(port)
-            return reader() if reader is not None else 0xFF
-        return read_wide(self._read_byte, port, size)
-
-    def port_write(self, port: int, size: int, value: int) -> None:
-        if size == 1:
-            writer = self._writers.get(port)
-            if writer is not None:
-                writer(value & 0xFF)
-            return
-        write_wide(self._write_byte, port, size, value)
-
-    def _read_byte(self, port: int) -> int:
-        reader = self._readers.get(port)
-        return reader() if reader is not None else 0xFF
-
-    def _write_byte(self, port: int, value: int) -> None:
-        writer = self._writers.get(port)
-        if writer is not None:
-            writer(value)
 
     # -- internals ----------------------------------------------------------------------
 

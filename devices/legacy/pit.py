@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from devices.legacy._ports import read_wide, write_wide
+from devices.legacy._ports import ByteRegisterPorts
 from nitro_emu.clock import Timer, VirtualClock
 from nitro_emu.interfaces import IrqLine
 
@@ -135,7 +135,7 @@ class _Channel:
                 | (self.rw << 4) | (self.raw_mode << 1) | (1 if self.bcd else 0))
 
 
-class Pit8254:
+class Pit8254(ByteRegisterPorts):
     """Three counters at 1.193182 MHz; channel 0 pulses `irq0`, channel 2 is gated and
     watched through port 0x61."""
 
@@ -163,31 +163,6 @@ class Pit8254:
             0x43: self._write_control,
             0x61: self._write_port61,
         }
-
-    # -- the bus side -------------------------------------------------------------------
-
-    def port_read(self, port: int, size: int) -> int:
-        if size == 1:
-            reader = self._readers.get(port)
-            return reader() if reader is not None else 0xFF
-        return read_wide(self._read_byte, port, size)
-
-    def port_write(self, port: int, size: int, value: int) -> None:
-        if size == 1:
-            writer = self._writers.get(port)
-            if writer is not None:
-                writer(value & 0xFF)
-            return
-        write_wide(self._write_byte, port, size, value)
-
-    def _read_byte(self, port: int) -> int:
-        reader = self._readers.get(port)
-        return reader() if reader is not None else 0xFF
-
-    def _write_byte(self, port: int, value: int) -> None:
-        writer = self._writers.get(port)
-        if writer is not None:
-            writer(value)
 
     # -- registers ----------------------------------------------------------------------
 

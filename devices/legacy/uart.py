@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from devices.legacy._ports import read_wide, write_wide
+from devices.legacy._ports import ByteRegisterPorts
 from nitro_emu.interfaces import IrqLine
 
 INPUT_LIMIT = 1 << 20
@@ -50,7 +50,7 @@ _TRIGGER = (1, 4, 8, 14)
 _MSR_CONNECTED = MSR_CTS | MSR_DSR | MSR_DCD
 
 
-class Uart16550:
+class Uart16550(ByteRegisterPorts):
     """COM port at `base` (8 ports) raising `irq`, writing the console to `output`."""
 
     def __init__(self, irq: IrqLine, output: Callable[[bytes], None], base: int = 0x3F8) -> None:
@@ -114,31 +114,6 @@ class Uart16550:
     def input_waiting(self) -> int:
         """Bytes fed by the host that the receive FIFO has not taken yet."""
         return len(self._pending_in)
-
-    # -- the bus side -------------------------------------------------------------------
-
-    def port_read(self, port: int, size: int) -> int:
-        if size == 1:
-            reader = self._readers.get(port)
-            return reader() if reader is not None else 0xFF
-        return read_wide(self._read_byte, port, size)
-
-    def port_write(self, port: int, size: int, value: int) -> None:
-        if size == 1:
-            writer = self._writers.get(port)
-            if writer is not None:
-                writer(value & 0xFF)
-            return
-        write_wide(self._write_byte, port, size, value)
-
-    def _read_byte(self, port: int) -> int:
-        reader = self._readers.get(port)
-        return reader() if reader is not None else 0xFF
-
-    def _write_byte(self, port: int, value: int) -> None:
-        writer = self._writers.get(port)
-        if writer is not None:
-            writer(value)
 
     # -- registers ----------------------------------------------------------------------
 
