@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 
+from devices.vsock import config as vsock_options
 from nitro_emu.cli.common import ArgumentParser
 from nitro_emu.errors import UsageError
 
@@ -48,18 +49,7 @@ def build_parser() -> ArgumentParser:
                         help="IAM role ARN of the parent instance (measured into PCR3)")
     parser.add_argument("--parent-id", metavar="ID",
                         help="instance id of the parent (measured into PCR4)")
-    parser.add_argument("--forward", action="append", default=[], metavar="PORT=TARGET",
-                        help="guest connections to parent (CID 3) port PORT go to TARGET: "
-                             "tcp:HOST:PORT, unix:PATH or vsock:CID:PORT (repeatable; "
-                             "other parent ports refuse)")
-    parser.add_argument("--publish", action="append", default=[],
-                        metavar="[ADDR:]HOSTPORT:GUESTPORT",
-                        help="listen on the host; each connection becomes a vsock "
-                             "connection to the guest's GUESTPORT (repeatable)")
-    parser.add_argument("--vsock-uds", metavar="PATH",
-                        help="Firecracker-style hybrid vsock: host connects to PATH and "
-                             "sends 'CONNECT <port>'; guest connections to parent port P "
-                             "go to PATH_P")
+    vsock_options.add_arguments(parser)
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="stop the enclave after this many seconds")
     return parser
@@ -81,11 +71,10 @@ def _attach_terminal(machine):
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from devices.vsock import config_from_options
     from nitro_emu.machine import Machine
 
     try:
-        vsock = config_from_options(args.forward, args.publish, args.vsock_uds)
+        vsock = vsock_options.config_from_args(args)
     except ValueError as error:
         raise UsageError(str(error)) from None
     machine = Machine(args.eif, guest_cid=args.guest_cid, memory_mib=args.memory,
