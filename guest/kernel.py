@@ -11,7 +11,6 @@ import re
 import resource
 import shutil
 import subprocess
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -27,7 +27,7 @@ from devices.vsock import packet as P
 from devices.vsock.config import (HEARTBEAT_BYTE, HEARTBEAT_PORT, Publish, TcpTarget,
                                   UnixTarget, VsockConfig, VsockTarget)
 from devices.vsock.connection import (CLOSED, CONNECTING_GUEST, CONNECTING_HOST,
-                                      ESTABLISHED, Connection)
+                                      Connection)
 from nitro_emu.clock import VirtualClock
 from nitro_emu.interfaces import HostIo
 from nitro_emu.memory import GuestRam

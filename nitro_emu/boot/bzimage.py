@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
+from construct import Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
 from nitro_emu.errors import NitroEmuError
 

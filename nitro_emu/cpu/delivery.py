@@ -15,8 +15,7 @@ from __future__ import annotations
 import ctypes
 import struct
 
-from nitro_emu.cpu.internals import (CpuInternals, SEGS_OFFSET, SEG_SIZE, R_SS,
-                                     find_exception_index_offset)
+from nitro_emu.cpu.internals import (CpuInternals, SEGS_OFFSET, SEG_SIZE, find_exception_index_offset)
 from nitro_emu.memory import GuestRam
 
 GP, NP, TS, SS_FAULT, PF, DF = 13, 11, 10, 12, 14, 8
@@ -31,7 +30,6 @@ PG_PRESENT, PG_RW, PG_USER, PG_PSE, PG_NX = 1, 2, 4, 0x80, 1 << 63
 PG_ADDRESS_MASK = 0x000FFFFFFFFFF000
 DESC_P, DESC_S, DESC_CS, DESC_C = 1 << 15, 1 << 12, 1 << 11, 1 << 10
 DESC_L, DESC_B = 1 << 21, 1 << 22
-IF_MASK = 1 << 9
 
 _CR_OFFSET = SEGS_OFFSET + 10 * SEG_SIZE  # cr[9] follows segs[6], ldt, tr, gdt, idt
 _LDT, _TR, _GDT, _IDT = 6, 7, 8, 9
@@ -86,7 +84,6 @@ class ExceptionDelivery:
         self._cr = (ctypes.c_uint64 * 5).from_address(env + _CR_OFFSET)
         self._tables = [internals.segs[0].__class__.from_address(env + SEGS_OFFSET + i * SEG_SIZE)
                         for i in range(10)]
-        self._eflags = ctypes.c_uint64.from_address(env + 136)
         self._hflags = internals.hflags
         self._uc_handle = internals.uc_handle
         self._vmem_translate = _vmem_translate_function()
@@ -117,10 +114,6 @@ class ExceptionDelivery:
             return self._read(linear, length, False)
         except (_Fault, TripleFault):
             return None
-
-    def check_registers(self, cr0: int, cr3: int, cr4: int) -> bool:
-        """Start-up check that cr[] sits where this module expects it."""
-        return (self._cr[0], self._cr[3], self._cr[4]) == (cr0, cr3, cr4)
 
     # -- delivery --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from nitro_emu.errors import NitroEmuError
 SUPPORTED_UNICORN = "2.1.4"
 
 # Offsets inside QEMU 5's CPUX86State that are fixed relative to fields we can find.
-EIP_OFFSET, EFLAGS_OFFSET, HFLAGS_OFFSET, HFLAGS2_OFFSET, SEGS_OFFSET = 128, 136, 176, 180, 184
+EIP_OFFSET, EFLAGS_OFFSET, HFLAGS_OFFSET, SEGS_OFFSET = 128, 136, 176, 184
 CC_OP_OFFSET = 168  # cc_dst, cc_src, cc_src2 follow eflags; then cc_op, df, hflags (176)
 CC_OP_EFLAGS = 1
 EFER_MSR = 0xC0000080

@@ -3,7 +3,6 @@ to the buses, and the hooks that make up for what Unicorn leaves out (exceptions
 CPUID, external interrupts; ARCHITECTURE.md section 3)."""
 from __future__ import annotations
 
-import ctypes
 from typing import Callable
 
 import unicorn
@@ -11,8 +10,7 @@ from unicorn import x86_const as x86
 
 from nitro_emu.cpu.cpuid import CpuidModel
 from nitro_emu.cpu.delivery import ExceptionDelivery, TripleFault
-from nitro_emu.cpu.internals import (EFLAGS_OFFSET, CpuInternals, R_CS, R_SS,
-                                     disable_mid_instruction_exits)
+from nitro_emu.cpu.internals import CpuInternals, R_CS, R_SS, disable_mid_instruction_exits
 from nitro_emu.cpu.interrupt_window import InterruptWindow
 from nitro_emu.errors import NitroEmuError
 from nitro_emu.memory import GuestRam
@@ -73,7 +71,6 @@ class Vcpu:
         # page's TLB_NOTDIRTY bit, and every store to RAM takes the slow path.
         uc.hook_add(unicorn.UC_HOOK_MEM_UNMAPPED, self._on_unmapped, None, ram.size,
                     0xFFFFFFFFFFFFFFFF)
-        self._eflags = ctypes.c_uint64.from_address(self.internals.env + EFLAGS_OFFSET)
         self._has_interrupt: Callable[[], bool] = lambda: False
         self._acknowledge: Callable[[], int] = lambda: 0
         self.window = InterruptWindow(self.internals, uc, self._on_interrupt_window)
@@ -125,7 +122,7 @@ class Vcpu:
 
     @property
     def interrupts_enabled(self) -> bool:
-        return bool(self._eflags.value & _IF)
+        return bool(self.internals.eflags.value & _IF)
 
     def can_take_interrupt(self) -> bool:
         """IF set and not in an STI/MOV SS shadow."""
@@ -173,7 +170,7 @@ class Vcpu:
             if not self._has_interrupt():
                 self.window.clear()
                 return False
-            if not self._eflags.value & _IF or self.internals.interrupts_inhibited():
+            if not self.internals.eflags.value & _IF or self.internals.interrupts_inhibited():
                 return False
             self.counters["interrupts"] += 1
             self.delivery.deliver_external_interrupt(self._acknowledge())
