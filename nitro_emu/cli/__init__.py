@@ -34,9 +34,13 @@ Run any verb with --help for its options."""
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to the verb's module; turn user errors into one line and exit status 1."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    if not argv:
+        print("nitro-emu: error: no EIF or verb given (python -m nitro_emu --help)",
+              file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if argv else 2
+        return 0
     if argv[0] in VERBS:
         module, args = VERBS[argv[0]], argv
     else:
