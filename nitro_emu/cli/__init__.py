@@ -7,6 +7,7 @@ line on stderr and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from eif.errors import EifError
@@ -60,4 +61,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`... | head`): not an error of ours, and no traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 0
+    sys.exit(status)
