@@ -152,6 +152,7 @@ def test_forward_tcp_echo(bench):
     assert bytes(got) == data
     s.close()
     h.pump(lambda: s.state == "closed")
+    h.pump(lambda: server.results, timeout=60)  # the host side may still be draining
     server.join()
     assert server.results == [len(data)] and h.guest.violations == 0
 
@@ -334,6 +335,9 @@ def test_credit_updates_follow_the_smaller_window(bench, ours, guests):
     h.pump(lambda: not s.pending_tx, timeout=30)
     s.close()
     h.pump(lambda: s.state == "closed")
+    # The device may still be draining to the host socket: keep the reactor running
+    # until the host side has seen end of file.
+    h.pump(lambda: server.results, timeout=60)
     server.join()
     assert server.results == [(len(data), hashlib.sha256(data).hexdigest())]
 
@@ -363,6 +367,9 @@ def test_slow_host_reader_stalls_only_its_connection(bench):
     h.pump(lambda: not s.pending_tx, timeout=60)
     s.close()
     h.pump(lambda: s.state == "closed")
+    # The device may still be draining to the host socket: keep the reactor running
+    # until the host side has seen end of file.
+    h.pump(lambda: server.results, timeout=60)
     server.join()
     assert server.results == [(len(data), hashlib.sha256(data).hexdigest())]
 
