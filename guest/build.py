@@ -7,7 +7,8 @@ EIF (the project's `eif` package). Finished outputs are cached under
 
 Written to --out: <name>.eif, <name>/bzImage, <name>/initrd.cpio (both ramdisks joined,
 what a boot loader hands the kernel), <name>/ramdisk-1.cpio, <name>/ramdisk-2.cpio,
-<name>/cmdline, <profile>/bzImage, and manifest.json (sizes, PCRs, paths).
+<name>/cmdline, <profile>/bzImage with its <profile>/vmlinux and <profile>/System.map (for
+debuggers and post-mortem reports), and manifest.json (sizes, PCRs, paths).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from eif import EifError, build_eif
 from guest import images as img
 from guest.env import BUILD_TIME, GUEST_DIR, SOURCE_DATE_EPOCH, cache_root, hash_tree, locked
 from guest.errors import GuestBuildError
-from guest.kernel import build_kernel
+from guest.kernel import build_kernel, kernel_artifacts
 from guest.programs import build_programs
 
 EIF_VERSION_NAME = "nitro-emu-guest"
@@ -66,6 +67,8 @@ def build_image(image: img.Image, stage: Path, programs: dict[str, Path], log=pr
     (d / "initrd.cpio").write_bytes(r1 + r2)
     (d / "cmdline").write_text(img.AWS_CMDLINE)
     shutil.copyfile(kernel, d / "bzImage")
+    for fname in ("vmlinux", "System.map"):
+        _link_or_copy(kernel_artifacts(kernel)[fname], d / fname)
     entry = {"kernel": image.kernel, "cmd": list(image.cmd), "cmdline": img.AWS_CMDLINE}
     eif = stage / f"{image.name}.eif"
     pcrs = write_eif(eif, d / "bzImage", img.AWS_CMDLINE,
@@ -112,16 +115,30 @@ def build(out: Path, only: list[str] | None = None, log=print, jobs: int = 2) ->
             _build_missing(missing, cache, manifest, log, jobs)
     for n in names:
         shutil.copyfile(cache / f"{n}.eif", out / f"{n}.eif")
-        shutil.copytree(cache / n, out / n, dirs_exist_ok=True)
+        shutil.copytree(cache / n, out / n, dirs_exist_ok=True, copy_function=_link_or_copy)
         prof = out / manifest[n]["kernel"]
         prof.mkdir(exist_ok=True)
-        shutil.copyfile(cache / n / "bzImage", prof / "bzImage")
+        for fname in ("bzImage", "vmlinux", "System.map"):
+            _link_or_copy(cache / n / fname, prof / fname)
     _prune(cache.parent, keep=cache)
     out_manifest = out / "manifest.json"
     old = json.loads(out_manifest.read_text()) if out_manifest.is_file() else {}
     old.update({n: manifest[n] for n in names})
     out_manifest.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
     return {n: manifest[n] for n in names}
+
+
+def _link_or_copy(src: Path | str, dest: Path | str) -> None:
+    """dest becomes the same file as src: a hard link where possible (vmlinux with debug
+    info is tens of MB, copied into several places), else a copy."""
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    tmp.replace(dest)
 
 
 def _prune(images_dir: Path, keep: Path, count: int = 3) -> None:

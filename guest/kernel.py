@@ -20,7 +20,12 @@ from guest.errors import GuestBuildError
 
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.12.tar.xz")
 # Bump when the way a kernel is built changes (so cached kernels are rebuilt).
-RECIPE = b"kernel-recipe-1"
+# recipe 2: vmlinux (symbols, DWARF for tiny) and System.map are kept beside the bzImage.
+RECIPE = b"kernel-recipe-2"
+# What a kernel build leaves in the cache beside `<profile>-<key>.bzImage`, as
+# (file in the build tree, suffix in the cache).
+ARTIFACTS = (("arch/x86/boot/bzImage", ".bzImage"), ("vmlinux", ".vmlinux"),
+             ("System.map", ".System.map"), (".config", ".config"))
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,12 @@ def cached_kernel(name: str) -> Path | None:
     return image if image.is_file() else None
 
 
+def kernel_artifacts(bzimage: Path) -> dict[str, Path]:
+    """The files a cached kernel build keeps, by name: bzImage, vmlinux, System.map, .config."""
+    stem = bzimage.name.removesuffix(".bzImage")
+    return {Path(built).name: bzimage.with_name(stem + suffix) for built, suffix in ARTIFACTS}
+
+
 def build_kernel(name: str, jobs: int = 2, log=print) -> Path:
     """Build (or take from the cache) the bzImage of profile `name`; returns its path."""
     if name not in PROFILES:
@@ -169,11 +180,11 @@ def _build(profile: Profile, key: str, image: Path, jobs: int, log) -> Path:
             + "\n  ".join(bad))
     log(f"building kernel {name} in {out} (make -j{jobs}; log {logfile})")
     _make(src, out, [f"-j{jobs}", "bzImage"], logfile)
-    built = out / "arch" / "x86" / "boot" / "bzImage"
-    tmp = image.with_suffix(".tmp")
-    shutil.copyfile(built, tmp)
-    tmp.rename(image)
-    shutil.copyfile(out / ".config", image.with_suffix(".config"))
+    # The bzImage goes last: its presence is what marks the cache entry complete.
+    for (built, _), dest in reversed(list(zip(ARTIFACTS, kernel_artifacts(image).values()))):
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(out / built, tmp)
+        tmp.rename(dest)
     log(f"kernel {name}: {image} ({image.stat().st_size} bytes; {time.monotonic() - t0:.0f} s "
         f"wall, {_children_cpu() - cpu0:.0f} s CPU with make -j{jobs})")
     return image
