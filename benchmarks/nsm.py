@@ -25,7 +25,7 @@ import cbor2  # noqa: E402
 from devices.nsm import NsmDevice, NsmHandler, PcrBank, measure  # noqa: E402
 from devices.virtio.queue import Virtqueue  # noqa: E402
 from nitro_emu.attestation.ca import LocalCA  # noqa: E402
-from nitro_emu.memory import GuestRam  # noqa: E402
+from board.memory import GuestRam  # noqa: E402
 
 QSIZE = 8
 DESC, AVAIL, USED, REQ, RESP = 0x1000, 0x2000, 0x3000, 0x10000, 0x20000

@@ -1,2 +1,2 @@
-"""Device models. They plug into the machine through `nitro_emu.interfaces` only and never
+"""Device models. They plug into the machine through `board.interfaces` only and never
 touch Unicorn."""

@@ -1,8 +1,7 @@
 """nitro-emu: a full-system emulator of an AWS Nitro Enclave on Unicorn's x86-64 core.
 
-`Machine` is imported lazily so that `devices` can use the small interfaces in this
-package (`nitro_emu.interfaces`, `nitro_emu.memory`, `nitro_emu.clock`) without pulling
-in the CPU layer.
+`Machine` is imported on first use only so that the verbs that never boot a guest
+(describe-eif, build-eif, attest, ...) start without loading Unicorn and the devices.
 """
 from typing import Any
 

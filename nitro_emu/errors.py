@@ -7,7 +7,3 @@ class NitroEmuError(Exception):
 
 class UsageError(NitroEmuError):
     """A wrong or missing command-line option."""
-
-
-class GuestMemoryError(NitroEmuError):
-    """The guest handed a device an address or length outside guest RAM."""

@@ -18,14 +18,14 @@ from devices.vsock import VsockConfig, VsockDevice
 from eif import EifImage, read_eif
 from nitro_emu.attestation.factory import create_nsm_device
 from nitro_emu.boot.loader import load_linux
-from nitro_emu.bus import MmioBus, PortBus
-from nitro_emu.clock import VirtualClock
+from board.bus import MmioBus, PortBus
+from board.clock import VirtualClock
 from nitro_emu.console import ConsoleLog
 from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz
 from nitro_emu.cpu.vcpu import Vcpu
 from nitro_emu.errors import NitroEmuError
-from nitro_emu.memory import GuestRam
-from nitro_emu.reactor import HostReactor
+from board.memory import GuestRam
+from board.reactor import HostReactor
 from nitro_emu.runloop import RunLoop
 
 MIN_CID, MAX_CID = 4, 4294967294
@@ -95,7 +95,7 @@ class Machine:
         self._end: RunResult | None = None
         self.cpuid = CpuidModel(host_tsc_hz())
         self.vcpu = Vcpu(self.ram, self.ports.read, self.ports.write, self.cpuid)
-        self.mmio = MmioBus(self.vcpu.uc)
+        self.mmio = MmioBus(self.vcpu.map_mmio)
 
         self.pic = Pic8259Pair(on_request=self.vcpu.request_interrupt)
         self.vcpu.connect_interrupt_controller(self.pic.has_interrupt, self.pic.acknowledge)

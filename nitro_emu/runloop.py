@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from nitro_emu.clock import VirtualClock
+from board.clock import VirtualClock
 from nitro_emu.cpu.vcpu import Vcpu
-from nitro_emu.reactor import HostReactor
+from board.reactor import HostReactor
 from nitro_emu.slice_timer import SliceTimer
 
 # Longest slice without a deadline, so host I/O is polled even when the guest never idles.

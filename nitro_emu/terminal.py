@@ -13,7 +13,7 @@ import termios
 import tty
 from typing import Callable
 
-from nitro_emu.interfaces import HostIo
+from board.interfaces import HostIo
 
 ESCAPE = b"\x1d"  # Ctrl-]
 

@@ -9,10 +9,10 @@ import pytest
 from unicorn import x86_const as x86
 
 from nitro_emu.boot.loader import GDT_ADDRESS, enter_long_mode, write_identity_page_tables
-from nitro_emu.bus import PortBus
+from board.bus import PortBus
 from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz
 from nitro_emu.cpu.vcpu import Vcpu
-from nitro_emu.memory import GuestRam
+from board.memory import GuestRam
 
 CODE, USER_CODE, IDT, TSS, STACK, HANDLERS = 0x10000, 0x20000, 0x3000, 0x4000, 0x8000, 0x30000
 HLT, INT3, UD2, STI, SYSCALL, SYSRETQ = b"\xf4", b"\xcc", b"\x0f\x0b", b"\xfb", b"\x0f\x05", b"\x48\x0f\x07"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from devices.legacy import Pic8259Pair, Pit8254, ResetPorts, Rtc146818, Uart16550
 from devices.legacy.pit import ticks_to_ns
-from nitro_emu.clock import VirtualClock
+from board.clock import VirtualClock
 
 LATCH = 1193                                              # HZ=1000
 

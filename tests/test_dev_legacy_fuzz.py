@@ -11,7 +11,7 @@ from devices.legacy.pit import Pit8254
 from devices.legacy.reset import ResetPorts
 from devices.legacy.rtc import Rtc146818
 from devices.legacy.uart import Uart16550
-from nitro_emu.clock import VirtualClock
+from board.clock import VirtualClock
 
 SIZES = st.sampled_from([1, 1, 1, 2, 4, 3, 8, 0])
 VALUES = st.one_of(st.integers(0, 0xFF), st.integers(0, 2**32 - 1), st.integers(-2**40, 2**70))

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from devices.legacy.pic import Pic8259Pair
 from devices.legacy.pit import PIT_HZ, Pit8254, _from_bcd, _to_bcd, ticks_to_ns
-from nitro_emu.clock import VirtualClock
+from board.clock import VirtualClock
 
 HZ = 1000
 LATCH = (PIT_HZ + HZ // 2) // HZ          # 1193, the kernel's PIT_LATCH

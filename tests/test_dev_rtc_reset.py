@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from devices.legacy.reset import ResetPorts
 from devices.legacy.rtc import Rtc146818
-from nitro_emu.clock import VirtualClock
+from board.clock import VirtualClock
 
 LEAP_EVE = calendar.timegm((2024, 2, 29, 23, 59, 58))     # a Thursday
 

@@ -14,7 +14,7 @@ from devices.nsm import NsmDevice, NsmHandler, PcrBank
 from devices.virtio.queue import Virtqueue, VirtqueueError
 from nitro_emu.attestation.ca import LocalCA
 from nitro_emu.attestation.verify import verify_document
-from nitro_emu.memory import GuestRam
+from board.memory import GuestRam
 
 CA = LocalCA.create()
 SIGNER = CA.signer("m")

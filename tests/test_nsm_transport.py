@@ -15,7 +15,7 @@ from devices.vsock.guest_driver import Allocator, Level, MmioDriver
 from nitro_emu.attestation.ca import LocalCA
 from nitro_emu.attestation.factory import create_nsm_device
 from nitro_emu.attestation.verify import verify_document
-from nitro_emu.memory import GuestRam
+from board.memory import GuestRam
 
 REQ_BUF, RESP_BUF, RESPONSE_SIZE = 0x80000, 0x81000, 0x3000
 

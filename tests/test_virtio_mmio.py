@@ -11,7 +11,7 @@ from devices.virtio import mmio as M
 from devices.virtio.device import VirtioDevice
 from devices.virtio.queue import VirtqueueError
 from devices.vsock.guest_driver import Allocator, Level, MmioDriver
-from nitro_emu.memory import GuestRam
+from board.memory import GuestRam
 
 
 class Echo(VirtioDevice):

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from devices.virtio.queue import (VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT,
                                   VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, Virtqueue,
                                   VirtqueueError)
-from nitro_emu.memory import GuestRam
+from board.memory import GuestRam
 
 RAM = 1 << 20
 DESC, AVAIL, USED = 0x1000, 0x2000, 0x3000

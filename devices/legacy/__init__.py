@@ -1,4 +1,4 @@
-"""The legacy PC parts of the machine, each a `PortDevice` (nitro_emu.interfaces):
+"""The legacy PC parts of the machine, each a `PortDevice` (board.interfaces):
 8259A PIC pair, 8254 PIT with port 0x61, 16550A UART, MC146818 RTC/CMOS, reset ports."""
 from devices.legacy.pic import Pic8259Pair, PicLine
 from devices.legacy.pit import PIT_HZ, Pit8254

@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import Callable
 
 from devices.legacy._ports import ByteRegisterPorts
-from nitro_emu.clock import Timer, VirtualClock
-from nitro_emu.interfaces import IrqLine
+from board.clock import Timer, VirtualClock
+from board.interfaces import IrqLine
 
 PIT_HZ = 1_193_182
 _NS = 1_000_000_000

@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from devices.legacy._ports import read_wide, write_wide
-from nitro_emu.clock import VirtualClock
+from board.clock import VirtualClock
 
 REG_SECONDS, REG_MINUTES, REG_HOURS, REG_WEEKDAY = 0x00, 0x02, 0x04, 0x06
 REG_DAY, REG_MONTH, REG_YEAR = 0x07, 0x08, 0x09

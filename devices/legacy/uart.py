@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Callable
 
 from devices.legacy._ports import ByteRegisterPorts
-from nitro_emu.interfaces import IrqLine
+from board.interfaces import IrqLine
 
 INPUT_LIMIT = 1 << 20
 OUTPUT_CHUNK = 4096

@@ -17,7 +17,7 @@ from devices.virtio.queue import DescriptorChain, VirtqueueError
 
 if TYPE_CHECKING:
     from devices.virtio.queue import Virtqueue
-    from nitro_emu.memory import GuestRam
+    from board.memory import GuestRam
 
 log = logging.getLogger("nitro_emu.nsm")
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from devices.virtio.queue import Virtqueue
-    from nitro_emu.memory import GuestRam
+    from board.memory import GuestRam
 
 VIRTIO_F_VERSION_1 = 1 << 32
 

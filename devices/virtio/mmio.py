@@ -14,8 +14,8 @@ from typing import Callable
 from devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from devices.virtio.queue import (MAX_QUEUE_SIZE, VIRTIO_F_RING_EVENT_IDX,
                                   VIRTIO_F_RING_INDIRECT_DESC, Virtqueue, VirtqueueError)
-from nitro_emu.interfaces import IrqLine
-from nitro_emu.memory import GuestRam
+from board.interfaces import IrqLine
+from board.memory import GuestRam
 
 log = logging.getLogger("nitro_emu.virtio")
 

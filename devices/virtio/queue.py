@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from nitro_emu.errors import GuestMemoryError
-from nitro_emu.memory import GuestRam
+from board.memory import GuestMemoryError, GuestRam
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2

@@ -28,9 +28,9 @@ from devices.vsock.config import (HEARTBEAT_BYTE, HEARTBEAT_PORT, Publish, TcpTa
                                   UnixTarget, VsockConfig, VsockTarget)
 from devices.vsock.connection import (CLOSED, CONNECTING_GUEST, CONNECTING_HOST,
                                       Connection)
-from nitro_emu.clock import VirtualClock
-from nitro_emu.interfaces import HostIo
-from nitro_emu.memory import GuestRam
+from board.clock import VirtualClock
+from board.interfaces import HostIo
+from board.memory import GuestRam
 
 log = logging.getLogger("nitro_emu.vsock")
 

@@ -18,7 +18,7 @@ from devices.virtio import mmio as M
 from devices.virtio.queue import (VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC,
                                   VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE)
 from devices.vsock import packet as P
-from nitro_emu.memory import GuestRam
+from board.memory import GuestRam
 
 _DESC = struct.Struct("<QIHH")
 LINUX_RX_BUF = 3776          # SKB_WITH_OVERHEAD(1024 * 4) on x86_64
@@ -443,8 +443,8 @@ class Harness:
     def __init__(self, config=None, guest_cid: int = 16, ram_size: int = 64 << 20,
                  **guest_options) -> None:
         from devices.vsock.device import VsockDevice
-        from nitro_emu.clock import VirtualClock
-        from nitro_emu.reactor import HostReactor
+        from board.clock import VirtualClock
+        from board.reactor import HostReactor
         self.ram = GuestRam(ram_size)
         self.reactor = HostReactor()
         self.clock = VirtualClock()

@@ -14,7 +14,7 @@ from unicorn import x86_const as x86
 from nitro_emu.boot.bzimage import BzImage, BadKernelError
 from nitro_emu.cpu.internals import R_CS, R_SS
 from nitro_emu.cpu.vcpu import Vcpu
-from nitro_emu.memory import GuestRam
+from board.memory import GuestRam
 
 # Guest-physical layout of the boot structures (all in low RAM, like Firecracker's).
 GDT_ADDRESS = 0x500

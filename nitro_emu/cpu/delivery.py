@@ -16,7 +16,7 @@ import ctypes
 import struct
 
 from nitro_emu.cpu.internals import (CpuInternals, SEGS_OFFSET, SEG_SIZE, find_exception_index_offset)
-from nitro_emu.memory import GuestRam
+from board.memory import GuestRam
 
 GP, NP, TS, SS_FAULT, PF, DF = 13, 11, 10, 12, 14, 8
 _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))

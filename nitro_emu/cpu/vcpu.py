@@ -13,7 +13,8 @@ from nitro_emu.cpu.delivery import ExceptionDelivery, TripleFault
 from nitro_emu.cpu.internals import CpuInternals, R_CS, R_SS, disable_mid_instruction_exits
 from nitro_emu.cpu.interrupt_window import InterruptWindow
 from nitro_emu.errors import NitroEmuError
-from nitro_emu.memory import GuestRam
+from board.interfaces import MmioDevice
+from board.memory import GuestRam
 
 # An address no guest code can reach (non-canonical): emu_start runs until stopped.
 _NEVER = 0x8000_0000_0000_0000
@@ -80,6 +81,17 @@ class Vcpu:
         """The PIC's INTR line and INTA cycle."""
         self._has_interrupt = has_interrupt
         self._acknowledge = acknowledge
+
+    def map_mmio(self, base: int, size: int, device: MmioDevice) -> None:
+        """Route guest-physical [base, base+size) to `device` (offsets from `base`)."""
+
+        def read(uc: unicorn.Uc, offset: int, access_size: int, _: object) -> int:
+            return device.mmio_read(offset, access_size)
+
+        def write(uc: unicorn.Uc, offset: int, access_size: int, value: int, _: object) -> None:
+            device.mmio_write(offset, access_size, value)
+
+        self.uc.mmio_map(base, size, read, None, write, None)
 
     def request_interrupt(self) -> None:
         """INTR went up: the CPU takes the interrupt as soon as RFLAGS.IF allows, inside

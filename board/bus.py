@@ -1,12 +1,10 @@
-"""The I/O-port bus and the MMIO bus: devices claim ranges; the vCPU's hooks and Unicorn's
-MMIO callbacks dispatch to them."""
+"""The I/O-port bus and the MMIO bus: devices claim ranges; the vCPU's port hooks and MMIO
+callbacks dispatch to them."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
-import unicorn
-
-from nitro_emu.interfaces import MmioDevice, PortDevice
+from board.interfaces import MmioDevice, PortDevice
 
 _ALL_ONES = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
@@ -36,23 +34,19 @@ class PortBus:
 
 
 class MmioBus:
-    """Device register windows mapped into Unicorn with `mmio_map` (one callback per
+    """Device register windows in the guest-physical address space.
+
+    The bus keeps the windows apart and hands each new one to `map_window(base, size,
+    device)`, which the machine points at the vCPU (Unicorn calls the device on each
     access to that window only; RAM is never hooked)."""
 
-    def __init__(self, uc: unicorn.Uc) -> None:
-        self._uc = uc
+    def __init__(self, map_window: Callable[[int, int, MmioDevice], None]) -> None:
+        self._map_window = map_window
         self.windows: list[tuple[int, int, MmioDevice]] = []
 
     def map(self, base: int, size: int, device: MmioDevice) -> None:
         for other_base, other_size, _ in self.windows:
             if base < other_base + other_size and other_base < base + size:
                 raise ValueError(f"MMIO window {base:#x}+{size:#x} overlaps another")
-
-        def read(uc: unicorn.Uc, offset: int, access_size: int, _: object) -> int:
-            return device.mmio_read(offset, access_size)
-
-        def write(uc: unicorn.Uc, offset: int, access_size: int, value: int, _: object) -> None:
-            device.mmio_write(offset, access_size, value)
-
-        self._uc.mmio_map(base, size, read, None, write, None)
+        self._map_window(base, size, device)
         self.windows.append((base, size, device))

@@ -1,6 +1,6 @@
 """The small interfaces through which devices plug into the machine.
 
-Devices depend on these and on `nitro_emu.memory.GuestRam` / `nitro_emu.clock.VirtualClock`
+Devices depend on these and on `board.memory.GuestRam` / `board.clock.VirtualClock`
 only; they never touch Unicorn. Every callback runs on the emulator thread.
 """
 from __future__ import annotations

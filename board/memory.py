@@ -6,11 +6,14 @@ import ctypes
 import mmap
 import struct
 
-from nitro_emu.errors import GuestMemoryError
 
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+
+
+class GuestMemoryError(ValueError):
+    """The guest handed a device an address or length outside guest RAM."""
 
 
 class GuestRam:
