@@ -28,6 +28,12 @@ class GuestRam:
         self._ctype = ctypes.c_char.from_buffer(self._map)
 
     @property
+    def buffer(self) -> mmap.mmap:
+        """The whole of RAM as one buffer, for `struct.unpack_from` on hot paths that have
+        already checked their range (the vCPU's page walker)."""
+        return self._map
+
+    @property
     def host_address(self) -> int:
         """Address of the buffer in this process, for `Uc.mem_map_ptr`."""
         return ctypes.addressof(self._ctype)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import struct
 
 import pytest
-from unicorn import x86_const as x86
 
 from nitro_emu.boot.loader import GDT_ADDRESS, enter_long_mode, write_identity_page_tables
 from board.bus import PortBus
@@ -51,10 +50,9 @@ class MiniMachine:
         write_identity_page_tables(self.ram, 0x7 if user_pages else 0x3)
         self.ram.write(GDT_ADDRESS, struct.pack(f"<{len(GDT)}Q", *GDT))
         enter_long_mode(self.vcpu, CODE)
-        uc = self.vcpu.uc
-        uc.reg_write(x86.UC_X86_REG_GDTR, (0, GDT_ADDRESS, len(GDT) * 8 - 1, 0))
-        uc.reg_write(x86.UC_X86_REG_IDTR, (0, IDT, 256 * 16 - 1, 0))
-        uc.reg_write(x86.UC_X86_REG_RSP, STACK)
+        self.vcpu.write_register("gdtr", (GDT_ADDRESS, len(GDT) * 8 - 1))
+        self.vcpu.write_register("idtr", (IDT, 256 * 16 - 1))
+        self.vcpu.write_register("rsp", STACK)
         self.next_handler = HANDLERS
 
     def handler(self, vector: int, code: bytes, dpl: int = 0) -> int:
@@ -66,11 +64,11 @@ class MiniMachine:
 
     def run(self, code: bytes, at: int = CODE) -> None:
         self.ram.write(at, code)
-        self.vcpu.uc.reg_write(x86.UC_X86_REG_RIP, at)
+        self.vcpu.write_register("rip", at)
         self.vcpu.run_slice()
 
     def reg(self, name: str) -> int:
-        return self.vcpu.uc.reg_read(getattr(x86, f"UC_X86_REG_{name.upper()}"))
+        return self.vcpu.read_register(name)
 
 
 def test_int3_is_delivered_through_the_idt_with_the_return_address() -> None:
@@ -86,7 +84,7 @@ def test_int3_is_delivered_through_the_idt_with_the_return_address() -> None:
 def test_page_fault_has_cr2_and_error_code() -> None:
     machine = MiniMachine()
     machine.handler(14, POP_R14 + MOV_R12_CR2 + HLT)
-    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RBX, 0x1_0000_0000)  # beyond the mapped 4 GiB
+    machine.vcpu.write_register("rbx", 0x1_0000_0000)  # beyond the mapped 4 GiB
     machine.run(MOV_RAX_FROM_RBX + HLT)
     assert machine.vcpu.fault is None
     assert machine.reg("r12") == 0x1_0000_0000
@@ -103,21 +101,21 @@ def test_invalid_opcode_is_delivered() -> None:
 
 def test_syscall_from_ring_3_enters_lstar_in_ring_0() -> None:
     machine = MiniMachine(user_pages=True)
-    vcpu, uc = machine.vcpu, machine.vcpu.uc
+    vcpu = machine.vcpu
     entry = machine.handler(0x80, MOV_R13_RCX + MOV_R14_R11 + HLT)  # used as LSTAR target
-    uc.msr_write(0xC0000080, uc.msr_read(0xC0000080) | 1)  # EFER.SCE
-    uc.msr_write(0xC0000081, (0x23 << 48) | (0x10 << 32))  # STAR
-    uc.msr_write(0xC0000082, entry)  # LSTAR
-    uc.msr_write(0xC0000084, 0x200)  # FMASK: clear IF
+    vcpu.write_msr(0xC0000080, vcpu.read_msr(0xC0000080) | 1)  # EFER.SCE
+    vcpu.write_msr(0xC0000081, (0x23 << 48) | (0x10 << 32))  # STAR
+    vcpu.write_msr(0xC0000082, entry)  # LSTAR
+    vcpu.write_msr(0xC0000084, 0x200)  # FMASK: clear IF
     machine.ram.write(USER_CODE, SYSCALL + HLT)
-    uc.reg_write(x86.UC_X86_REG_RCX, USER_CODE)  # sysretq to ring 3 at USER_CODE
-    uc.reg_write(x86.UC_X86_REG_R11, 0x202)
+    vcpu.write_register("rcx", USER_CODE)  # sysretq to ring 3 at USER_CODE
+    vcpu.write_register("r11", 0x202)
     machine.run(SYSRETQ)
     assert vcpu.fault is None
     assert machine.reg("r13") == USER_CODE + 2        # RCX = return address
     assert machine.reg("r14") & 0x200                 # R11 = user RFLAGS (IF set)
     assert not machine.reg("rflags") & 0x200          # FMASK applied
-    assert machine.reg("cs") == 0x10 and vcpu.internals.hflags.value & 3 == 0
+    assert machine.reg("cs") == 0x10 and vcpu.cpl == 0
     assert vcpu.counters["syscalls"] == 1
 
 
@@ -134,11 +132,11 @@ def test_external_interrupt_wakes_a_halted_cpu() -> None:
 def test_cpuid_hides_the_apic_and_reports_the_tsc_frequency() -> None:
     machine = MiniMachine()
     cpuid = b"\x0f\xa2"
-    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RAX, 1)
+    machine.vcpu.write_register("rax", 1)
     machine.run(cpuid + HLT)
     assert not machine.reg("edx") & (1 << 9)      # no local APIC
     assert not machine.reg("ecx") & (1 << 21)     # no x2APIC
-    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RAX, 0x15)
+    machine.vcpu.write_register("rax", 0x15)
     machine.run(cpuid + HLT)
     denominator, numerator, crystal = machine.reg("eax"), machine.reg("ebx"), machine.reg("ecx")
     assert crystal * numerator // denominator == machine.vcpu.cpuid.tsc_hz // 1000 * 1000
@@ -147,7 +145,7 @@ def test_cpuid_hides_the_apic_and_reports_the_tsc_frequency() -> None:
 @pytest.mark.parametrize("idt_limit", [0, 6 * 16 - 1])
 def test_a_guest_without_a_usable_idt_triple_faults_without_harming_the_emulator(idt_limit) -> None:
     machine = MiniMachine()
-    machine.vcpu.uc.reg_write(x86.UC_X86_REG_IDTR, (0, IDT, idt_limit, 0))
+    machine.vcpu.write_register("idtr", (IDT, idt_limit))
     machine.run(UD2 + HLT)
     assert machine.vcpu.fault is not None
     assert "triple fault" in str(machine.vcpu.fault)
@@ -159,7 +157,7 @@ def test_a_fault_on_an_unmapped_kernel_stack_becomes_a_double_fault() -> None:
     machine = MiniMachine()
     machine.handler(8, mov_r12(8) + HLT)
     machine.handler(6, mov_r12(6) + HLT)
-    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RSP, 0x1_0000_0010)
+    machine.vcpu.write_register("rsp", 0x1_0000_0010)
     machine.run(UD2 + HLT)
     # #UD's frame cannot be pushed (#PF on the stack), the #PF's cannot either: #DF, which
     # also needs the same stack, so the CPU shuts down.
@@ -191,10 +189,10 @@ def test_stopping_a_slice_never_runs_a_read_modify_write_instruction_twice() -> 
     count = 300_000
     body = bytes.fromhex("48010b" "48ffc9")
     loop = body + b"\x75" + bytes([(-(len(body) + 2)) & 0xFF]) + HLT
-    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RBX, 0x200000)
-    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RCX, count)
+    machine.vcpu.write_register("rbx", 0x200000)
+    machine.vcpu.write_register("rcx", count)
     machine.ram.write(CODE, loop)
-    machine.vcpu.uc.reg_write(x86.UC_X86_REG_RIP, CODE)
+    machine.vcpu.write_register("rip", CODE)
     slices = run_with_frequent_stops(machine)
     assert slices > 10  # the stops really happened
     assert machine.ram.read_u64(0x200000) == count * (count + 1) // 2
@@ -207,11 +205,11 @@ def test_stopping_between_a_fault_and_its_handler_loses_and_repeats_nothing() ->
     machine.handler(14, POP_R14 + b"\x49\xff\xc7" + b"\x48\x83\x04\x24\x03" + b"\x48\xcf")
     body = MOV_RAX_FROM_RBX + b"\x49\x01\xcc" + b"\x48\xff\xc9"  # load (faults); r12 += rcx; rcx--
     loop = body + b"\x75" + bytes([(-(len(body) + 2)) & 0xFF]) + HLT
-    uc = machine.vcpu.uc
-    uc.reg_write(x86.UC_X86_REG_RBX, 0x1_0000_0000)
-    uc.reg_write(x86.UC_X86_REG_RCX, faults)
+    vcpu = machine.vcpu
+    vcpu.write_register("rbx", 0x1_0000_0000)
+    vcpu.write_register("rcx", faults)
     machine.ram.write(CODE, loop)
-    uc.reg_write(x86.UC_X86_REG_RIP, CODE)
+    vcpu.write_register("rip", CODE)
     run_with_frequent_stops(machine)
     assert machine.vcpu.fault is None
     assert machine.reg("r15") == faults

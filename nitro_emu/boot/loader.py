@@ -9,12 +9,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from construct import Int32ul, Int64ul, Struct
-from unicorn import x86_const as x86
 
-from nitro_emu.boot.bzimage import BzImage, BadKernelError
-from nitro_emu.cpu.internals import R_CS, R_SS
-from nitro_emu.cpu.vcpu import Vcpu
 from board.memory import GuestRam
+from nitro_emu.boot.bzimage import BadKernelError, BzImage
+from nitro_emu.cpu.vcpu import Vcpu
 
 # Guest-physical layout of the boot structures (all in low RAM, like Firecracker's).
 GDT_ADDRESS = 0x500
@@ -29,9 +27,7 @@ BIOS_AREA = (0xF0000, 0x100000)
 DECOMPRESS_ADDRESS = 0x1000000  # LOAD_PHYSICAL_ADDR: where the kernel decompresses
 
 BOOT_CS, BOOT_DS = 0x10, 0x18
-_GDT = [0, 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF]
-_CS_FLAGS = 0x00AF9B00  # hidden-cache flags of the descriptors above
-_DS_FLAGS = 0x00CF9300
+_GDT = [0, 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF]  # flat 64-bit code, flat data
 
 # struct boot_params offsets (arch/x86/include/uapi/asm/bootparam.h)
 EXT_RAMDISK_IMAGE, EXT_RAMDISK_SIZE, EXT_CMD_LINE_PTR = 0x0C0, 0x0C4, 0x0C8
@@ -131,18 +127,6 @@ def write_identity_page_tables(ram: GuestRam, flags: int = 0x3) -> None:
 
 def enter_long_mode(vcpu: Vcpu, entry: int) -> None:
     """64-bit mode, paging on with the tables above, flat boot segments, IF clear."""
-    uc = vcpu.uc
-    internals = vcpu.internals
-    uc.reg_write(x86.UC_X86_REG_GDTR, (0, GDT_ADDRESS, len(_GDT) * 8 - 1, 0))
-    uc.reg_write(x86.UC_X86_REG_CR4, 0x20)  # PAE
-    uc.reg_write(x86.UC_X86_REG_CR3, PML4_ADDRESS)
-    uc.msr_write(0xC0000080, 0x500)  # EFER: LME | LMA
-    uc.reg_write(x86.UC_X86_REG_CR0, 0x80000031)  # PG | NE | ET | PE
-    internals.load_flat_segment(R_CS, BOOT_CS, _CS_FLAGS)
-    for index in (0, R_SS, 3, 4, 5):  # ES SS DS FS GS
-        internals.load_flat_segment(index, BOOT_DS, _DS_FLAGS)
-    internals.set_cpl(0)
-    uc.reg_write(x86.UC_X86_REG_RFLAGS, 0x2)
-    uc.reg_write(x86.UC_X86_REG_RSI, BOOT_PARAMS_ADDRESS)
-    uc.reg_write(x86.UC_X86_REG_RSP, BOOT_PARAMS_ADDRESS - 0x10)
-    uc.reg_write(x86.UC_X86_REG_RIP, entry)
+    vcpu.enter_long_mode(rip=entry, rsi=BOOT_PARAMS_ADDRESS, rsp=BOOT_PARAMS_ADDRESS - 0x10,
+                         cr3=PML4_ADDRESS, gdt_base=GDT_ADDRESS, gdt_limit=len(_GDT) * 8 - 1,
+                         code_selector=BOOT_CS, data_selector=BOOT_DS)

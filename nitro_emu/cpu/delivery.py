@@ -12,11 +12,10 @@ handed to Unicorn.
 """
 from __future__ import annotations
 
-import ctypes
 import struct
 
-from nitro_emu.cpu.internals import (CpuInternals, SEGS_OFFSET, SEG_SIZE, find_exception_index_offset)
 from board.memory import GuestRam
+from nitro_emu.cpu.internals import CpuInternals
 
 GP, NP, TS, SS_FAULT, PF, DF = 13, 11, 10, 12, 14, 8
 _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
@@ -30,22 +29,6 @@ PG_PRESENT, PG_RW, PG_USER, PG_PSE, PG_NX = 1, 2, 4, 0x80, 1 << 63
 PG_ADDRESS_MASK = 0x000FFFFFFFFFF000
 DESC_P, DESC_S, DESC_CS, DESC_C = 1 << 15, 1 << 12, 1 << 11, 1 << 10
 DESC_L, DESC_B = 1 << 21, 1 << 22
-
-_CR_OFFSET = SEGS_OFFSET + 10 * SEG_SIZE  # cr[9] follows segs[6], ldt, tr, gdt, idt
-_LDT, _TR, _GDT, _IDT = 6, 7, 8, 9
-_EXCEPTION_IS_INT_FROM_ERROR_CODE, _NEXT_EIP_FROM_ERROR_CODE = 4, 8
-
-
-_UC_PROT_READ, _UC_PROT_WRITE = 1, 2
-
-
-def _vmem_translate_function():
-    from unicorn.unicorn_py3 import unicorn as binding
-    function = binding.uclib.uc_vmem_translate
-    function.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
-                         ctypes.POINTER(ctypes.c_uint64)]
-    function.restype = ctypes.c_int
-    return function
 
 
 class TripleFault(Exception):
@@ -69,26 +52,19 @@ class ExceptionDelivery:
     def __init__(self, internals: CpuInternals, ram: GuestRam, phys_bits: int) -> None:
         self._cpu = internals
         self._u64 = struct.Struct("<Q").unpack_from
-        self._mem = ram._map
+        self._mem = ram.buffer
         self._ram_size = ram.size
         self._rsvd_high = ((1 << 52) - 1) & ~((1 << phys_bits) - 1)
         self._efer = internals.efer
-        env = internals.env
-        self._exception_index = ctypes.c_int32.from_address(
-            internals.cpu + find_exception_index_offset())
-        error_code_address = ctypes.addressof(internals.error_code)
-        self._exception_is_int = ctypes.c_int32.from_address(
-            error_code_address + _EXCEPTION_IS_INT_FROM_ERROR_CODE)
-        self._exception_next_eip = ctypes.c_uint64.from_address(
-            error_code_address + _NEXT_EIP_FROM_ERROR_CODE)
-        self._cr = (ctypes.c_uint64 * 5).from_address(env + _CR_OFFSET)
-        self._tables = [internals.segs[0].__class__.from_address(env + SEGS_OFFSET + i * SEG_SIZE)
-                        for i in range(10)]
+        self._exception_index = internals.exception_index
+        self._exception_is_int = internals.exception_is_int
+        self._exception_next_eip = internals.exception_next_eip
+        self._cr = internals.cr
+        self._idt = internals.tables["idt"]
+        self._gdt = internals.tables["gdt"]
+        self._ldt = internals.tables["ldt"]
+        self._tr = internals.tables["tr"]
         self._hflags = internals.hflags
-        self._uc_handle = internals.uc_handle
-        self._vmem_translate = _vmem_translate_function()
-        self._physical = ctypes.c_uint64()
-        self._physical_ref = ctypes.byref(self._physical)
 
     # -- public ----------------------------------------------------------------------------
 
@@ -153,7 +129,7 @@ class ExceptionDelivery:
                 or self._cr[4] & CR4_LA57:
             raise TripleFault(vector, "the CPU is not in 4-level long mode")
         cpl = hflags & 3
-        idt = self._tables[_IDT]
+        idt = self._idt
         if vector * 16 + 15 > idt.limit:
             raise _Fault(GP, vector * 16 + 2, reason="IDT limit")
         low, high, upper = struct.unpack("<III", self._read(idt.base + vector * 16, 12, False))
@@ -191,7 +167,7 @@ class ExceptionDelivery:
 
     def _descriptor_high(self, selector: int) -> int | None:
         """Bytes 4-7 of the GDT/LDT descriptor for `selector`, or None if out of limit."""
-        table = self._tables[_LDT if selector & 4 else _GDT]
+        table = self._ldt if selector & 4 else self._gdt
         if selector & 4 and not table.flags & DESC_P:
             return None
         index = selector & ~7
@@ -200,7 +176,7 @@ class ExceptionDelivery:
         return struct.unpack("<I", self._read(table.base + index + 4, 4, False))[0]
 
     def _rsp_from_tss(self, level: int) -> int:
-        tr = self._tables[_TR]
+        tr = self._tr
         if not tr.flags & DESC_P:
             raise TripleFault(0, "no task state segment loaded")  # QEMU would abort()
         index = 8 * level + 4
@@ -231,12 +207,10 @@ class ExceptionDelivery:
         hflags = self._hflags
         saved = hflags.value
         hflags.value = saved & ~3
-        status = self._vmem_translate(self._uc_handle, linear,
-                                      _UC_PROT_WRITE if write else _UC_PROT_READ,
-                                      self._physical_ref)
+        physical = self._cpu.translate(linear, write)
         hflags.value = saved
-        if status == 0:
-            return self._physical.value
+        if physical is not None:
+            return physical
         return self._walk(linear, write, fault_vector)
 
     def _walk(self, linear: int, write: bool, fault_vector: int) -> int:

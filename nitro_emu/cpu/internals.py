@@ -14,6 +14,7 @@ import ctypes
 import functools
 import os
 import struct
+from typing import Callable
 
 import unicorn
 from unicorn import x86_const as x86
@@ -34,8 +35,20 @@ HF_INHIBIT_IRQ_MASK = 1 << 3
 # From dr[0] (found by probing): error_code, exception_is_int, exception_next_eip, dr[8],
 # cpu_breakpoint[4], old_exception, vm_vmcb, tsc_offset.
 ERROR_CODE_FROM_DR0 = -16
+EXCEPTION_IS_INT_FROM_DR0 = ERROR_CODE_FROM_DR0 + 4
+EXCEPTION_NEXT_EIP_FROM_DR0 = ERROR_CODE_FROM_DR0 + 8
 OLD_EXCEPTION_FROM_DR0 = 8 * 8 + 4 * 8
 TSC_OFFSET_FROM_DR0 = OLD_EXCEPTION_FROM_DR0 + 16
+# segs[6] are followed by the ldt, tr, gdt and idt caches (same layout), then cr[5].
+TABLE_INDEX = {"ldt": 6, "tr": 7, "gdt": 8, "idt": 9}
+CR_OFFSET = SEGS_OFFSET + 10 * SEG_SIZE
+# CPUState: cflags_next_tb (u32, -1 after reset) sits just before interrupt_request; the
+# uc pointer and CPUClass pointer follow exception_index; icount_decr_ptr follows env_ptr.
+INTERRUPT_REQUEST_OFFSET = 0x1C
+ENV_PTR_OFFSET = 0x128
+ICOUNT_DECR_FROM_ENV_PTR = 8
+CPU_INTERRUPT_HARD = 0x0002
+UC_PROT_READ, UC_PROT_WRITE = 1, 2
 
 
 class UnsupportedUnicornError(NitroEmuError):
@@ -99,6 +112,11 @@ class CpuInternals:
             uc.msr_write(msr, 0)
         env = self.env
         self.error_code = ctypes.c_int32.from_address(env + dr0 + ERROR_CODE_FROM_DR0)
+        self.exception_is_int = ctypes.c_int32.from_address(env + dr0 + EXCEPTION_IS_INT_FROM_DR0)
+        self.exception_next_eip = ctypes.c_uint64.from_address(
+            env + dr0 + EXCEPTION_NEXT_EIP_FROM_DR0)
+        self.exception_index = ctypes.c_int32.from_address(
+            self.cpu + find_exception_index_offset())
         self.old_exception = ctypes.c_int32.from_address(env + dr0 + OLD_EXCEPTION_FROM_DR0)
         self.tsc_offset = ctypes.c_uint64.from_address(env + dr0 + TSC_OFFSET_FROM_DR0)
         if self.old_exception.value != -1:
@@ -114,7 +132,16 @@ class CpuInternals:
         self.eflags = ctypes.c_uint64.from_address(env + EFLAGS_OFFSET)
         self.cc_op = ctypes.c_uint32.from_address(env + CC_OP_OFFSET)
         self.segs = [_SegmentCache.from_address(env + SEGS_OFFSET + i * SEG_SIZE) for i in range(6)]
+        self.tables = {name: _SegmentCache.from_address(env + SEGS_OFFSET + i * SEG_SIZE)
+                       for name, i in TABLE_INDEX.items()}
+        self.cr = (ctypes.c_uint64 * 5).from_address(env + CR_OFFSET)
         lib = _library()
+        self._vmem_translate = lib.uc_vmem_translate
+        self._vmem_translate.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int,
+                                         ctypes.POINTER(ctypes.c_uint64)]
+        self._vmem_translate.restype = ctypes.c_int
+        self._physical = ctypes.c_uint64()
+        self._physical_ref = ctypes.byref(self._physical)
         self._do_interrupt = lib.x86_cpu_do_interrupt_x86_64
         self._do_interrupt.argtypes = [ctypes.c_void_p]
         self._do_interrupt.restype = None
@@ -231,6 +258,20 @@ class CpuInternals:
     def set_cpl(self, cpl: int) -> None:
         self.hflags.value = (self.hflags.value & ~HF_CPL_MASK) | cpl
 
+    def translate(self, linear: int, write: bool) -> int | None:
+        """The physical address of `linear` through Unicorn's own MMU in probe mode (no
+        fault is raised, no longjmp), as an access at the current CPL; None if the MMU
+        would fault."""
+        status = self._vmem_translate(self.uc_handle, linear,
+                                      UC_PROT_WRITE if write else UC_PROT_READ,
+                                      self._physical_ref)
+        return self._physical.value if status == 0 else None
+
+    def route_exec_interrupt(self, handler: Callable[[int], bool]) -> "ExecInterruptRoute":
+        """Replace this CPU's `cpu_exec_interrupt` (QEMU's check for a pending hardware
+        interrupt at TB exits) by `handler(request) -> delivered`; see interrupt_window."""
+        return ExecInterruptRoute(self, handler)
+
 
 class _SegmentCache(ctypes.Structure):
     _fields_ = [("selector", ctypes.c_uint32), ("pad", ctypes.c_uint32),
@@ -300,13 +341,13 @@ def find_exception_index_offset() -> int:
     and find the one int32 field that holds the vector inside the interrupt hook."""
     found: list[set[int]] = []
     uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
-    internals = CpuInternals(uc)
+    reader = _SafeReader()
+    cpu, env = CpuInternals._find_cpu_and_env(uc, reader)
     uc.mem_map(0x1000, 0x1000)
     uc.mem_write(0x1000, b"\xcd\x77\xcd\x5a")
-    reader = _SafeReader()
 
     def on_interrupt(uc: unicorn.Uc, vector: int, _: object) -> None:
-        data = reader.read(internals.cpu, internals.env - internals.cpu)
+        data = reader.read(cpu, env - cpu)
         if data is not None:
             needle = struct.pack("<i", vector)
             found.append({i for i in range(0, len(data) - 3, 4) if data[i:i + 4] == needle})
@@ -324,3 +365,84 @@ def find_exception_index_offset() -> int:
         raise UnsupportedUnicornError(
             "unexpected Unicorn CPU layout: cannot find CPUState.exception_index")
     return common.pop()
+
+
+# -- cpu_exec_interrupt -----------------------------------------------------------------
+
+_EXEC_INTERRUPT = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_int)
+_exec_interrupt_handlers: dict[int, Callable[[int], bool]] = {}
+_original_exec_interrupt: ctypes._CFuncPtr | None = None
+
+
+def _dispatch_exec_interrupt(cpu: int, request: int) -> bool:
+    handler = _exec_interrupt_handlers.get(cpu)
+    if handler is not None and request & CPU_INTERRUPT_HARD:
+        return handler(request)
+    original = _original_exec_interrupt
+    return bool(original(cpu, request)) if original is not None else False
+
+
+_DISPATCH = _EXEC_INTERRUPT(_dispatch_exec_interrupt)  # kept alive for the process
+_DISPATCH_ADDRESS = ctypes.cast(_DISPATCH, ctypes.c_void_p).value
+_exec_interrupt_slot_offset: int | None = None
+
+
+def _exec_interrupt_slot(table: bytes, original: int) -> int:
+    """Offset of `cpu_exec_interrupt` in the CPU class: the first pointer to Unicorn's
+    handler (or ours), found once; later classes must have it at the same place. (The
+    scan window can reach into a neighbouring CPU class of another live instance, so
+    only the first hit counts.)"""
+    global _exec_interrupt_slot_offset
+    targets = (original, _DISPATCH_ADDRESS)
+    if _exec_interrupt_slot_offset is None:
+        hits = [i for i in range(0, len(table) - 7, 8)
+                if struct.unpack_from("<Q", table, i)[0] in targets]
+        if not hits:
+            raise UnsupportedUnicornError(
+                "unexpected Unicorn CPU layout: cpu_exec_interrupt not found in the CPU class")
+        _exec_interrupt_slot_offset = hits[0]
+    if struct.unpack_from("<Q", table, _exec_interrupt_slot_offset)[0] not in targets:
+        raise UnsupportedUnicornError(
+            "unexpected Unicorn CPU layout: cpu_exec_interrupt moved in the CPU class")
+    return _exec_interrupt_slot_offset
+
+
+class ExecInterruptRoute:
+    """One CPU's `cpu_exec_interrupt` routed to a Python handler, with typed access to the
+    two fields that make the CPU call it: `interrupt_request` and the high half of
+    `icount_decr` (a negative value ends the current TB at its next exit check)."""
+
+    def __init__(self, internals: CpuInternals, handler: Callable[[int], bool]) -> None:
+        global _original_exec_interrupt
+        cpu = internals.cpu
+        exception_index = find_exception_index_offset()
+        reader = _SafeReader()
+        try:
+            if reader.u64(cpu + exception_index + 8) != internals.uc_handle:
+                raise UnsupportedUnicornError(
+                    "unexpected Unicorn CPU layout: no uc pointer after exception_index")
+            cpu_class = reader.u64(cpu + exception_index + 16)
+            original = ctypes.cast(_library().x86_cpu_exec_interrupt_x86_64,
+                                   ctypes.c_void_p).value
+            table = reader.read(cpu_class, 1024) if cpu_class else None
+            if table is None:
+                raise UnsupportedUnicornError("cannot read Unicorn's CPU class")
+            slot = _exec_interrupt_slot(table, original)
+            if reader.read(cpu + INTERRUPT_REQUEST_OFFSET - 4, 4) != b"\xff\xff\xff\xff":
+                raise UnsupportedUnicornError(
+                    "unexpected Unicorn CPU layout: interrupt_request is not where expected")
+            icount_decr = reader.u64(cpu + ENV_PTR_OFFSET + ICOUNT_DECR_FROM_ENV_PTR)
+        finally:
+            reader.close()
+        if icount_decr is None or not cpu < icount_decr < internals.env + 16:
+            raise UnsupportedUnicornError("unexpected Unicorn CPU layout: icount_decr_ptr")
+        if _original_exec_interrupt is None:
+            _original_exec_interrupt = _EXEC_INTERRUPT(original)
+        ctypes.c_uint64.from_address(cpu_class + slot).value = _DISPATCH_ADDRESS
+        self.interrupt_request = ctypes.c_uint32.from_address(cpu + INTERRUPT_REQUEST_OFFSET)
+        self.icount_high = ctypes.c_uint16.from_address(icount_decr + 2)
+        self._cpu = cpu
+        _exec_interrupt_handlers[cpu] = handler
+
+    def close(self) -> None:
+        _exec_interrupt_handlers.pop(self._cpu, None)

@@ -23,10 +23,21 @@ _IF = 1 << 9
 _EFER_SCE = 1
 _HF_CS64 = 1 << 15
 _UD = 6
-# Hidden-cache flags of the flat segments SYSCALL loads (QEMU's helper_syscall).
-_CS64_FLAGS = (1 << 23) | (1 << 15) | (1 << 12) | (0xB << 8) | (1 << 21)  # G P S code/R/A L
-_SS_FLAGS = (1 << 23) | (1 << 22) | (1 << 15) | (1 << 12) | (0x3 << 8)  # G B P S data/W/A
+# Hidden-cache flags of flat ring-0 segments (what SYSCALL loads, QEMU's helper_syscall,
+# and what the boot protocol's __BOOT_CS / __BOOT_DS descriptors give).
+FLAT_CODE64_FLAGS = (1 << 23) | (1 << 15) | (1 << 12) | (0xB << 8) | (1 << 21)  # G P S code/R/A L
+FLAT_DATA_FLAGS = (1 << 23) | (1 << 22) | (1 << 15) | (1 << 12) | (0x3 << 8)  # G B P S data/W/A
+_SEGMENT_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
+_EFER_MSR = 0xC0000080
+_TABLE_REGISTERS = ("gdtr", "idtr", "ldtr", "tr")
 _SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+
+
+def _register_id(name: str) -> int:
+    register = getattr(x86, f"UC_X86_REG_{name.upper()}", None)
+    if not name.islower() or register is None:
+        raise ValueError(f"unknown x86 register {name!r}")
+    return register
 
 
 class GuestFault(NitroEmuError):
@@ -36,8 +47,6 @@ class GuestFault(NitroEmuError):
     def __init__(self, message: str, rip: int) -> None:
         super().__init__(message)
         self.rip = rip
-
-
 
 
 class Vcpu:
@@ -74,13 +83,56 @@ class Vcpu:
                     0xFFFFFFFFFFFFFFFF)
         self._has_interrupt: Callable[[], bool] = lambda: False
         self._acknowledge: Callable[[], int] = lambda: 0
-        self.window = InterruptWindow(self.internals, uc, self._on_interrupt_window)
+        self.window = InterruptWindow(self.internals, self._on_interrupt_window)
 
     def connect_interrupt_controller(self, has_interrupt: Callable[[], bool],
                                      acknowledge: Callable[[], int]) -> None:
         """The PIC's INTR line and INTA cycle."""
         self._has_interrupt = has_interrupt
         self._acknowledge = acknowledge
+
+    # -- state -----------------------------------------------------------------------------
+
+    def enter_long_mode(self, *, rip: int, rsi: int, rsp: int, cr3: int, gdt_base: int,
+                        gdt_limit: int, code_selector: int, data_selector: int) -> None:
+        """64-bit mode with paging on (PAE, page tables at `cr3`), flat ring-0 segments
+        from the given selectors, interrupts off: the state the boot protocol's 64-bit
+        entry expects (boot.rst, "64-bit Boot Protocol")."""
+        uc, internals = self.uc, self.internals
+        uc.reg_write(x86.UC_X86_REG_GDTR, (0, gdt_base, gdt_limit, 0))
+        uc.reg_write(x86.UC_X86_REG_CR4, 0x20)  # PAE
+        uc.reg_write(x86.UC_X86_REG_CR3, cr3)
+        uc.msr_write(_EFER_MSR, 0x500)  # LME | LMA
+        uc.reg_write(x86.UC_X86_REG_CR0, 0x80000031)  # PG | NE | ET | PE
+        internals.load_flat_segment(R_CS, code_selector, FLAT_CODE64_FLAGS)
+        for name in ("es", "ss", "ds", "fs", "gs"):
+            internals.load_flat_segment(_SEGMENT_INDEX[name], data_selector, FLAT_DATA_FLAGS)
+        internals.set_cpl(0)
+        uc.reg_write(x86.UC_X86_REG_RFLAGS, 0x2)
+        uc.reg_write(x86.UC_X86_REG_RSI, rsi)
+        uc.reg_write(x86.UC_X86_REG_RSP, rsp)
+        uc.reg_write(x86.UC_X86_REG_RIP, rip)
+
+    def read_register(self, name: str) -> int | tuple[int, int]:
+        """A register by its lower-case name ("rax", "rip", "cr3", "fs_base", ...);
+        descriptor-table registers ("gdtr", "idtr", "ldtr", "tr") read as (base, limit)."""
+        value = self.uc.reg_read(_register_id(name))
+        if name in _TABLE_REGISTERS:
+            return value[1], value[2]
+        return value
+
+    def write_register(self, name: str, value: int | tuple[int, int]) -> None:
+        """Set a register by name (see `read_register`)."""
+        if name in _TABLE_REGISTERS:
+            base, limit = value
+            value = (0, base, limit, 0)
+        self.uc.reg_write(_register_id(name), value)
+
+    def read_msr(self, index: int) -> int:
+        return self.uc.msr_read(index)
+
+    def write_msr(self, index: int, value: int) -> None:
+        self.uc.msr_write(index, value)
 
     def map_mmio(self, base: int, size: int, device: MmioDevice) -> None:
         """Route guest-physical [base, base+size) to `device` (offsets from `base`)."""
@@ -168,6 +220,11 @@ class Vcpu:
     def rip(self) -> int:
         return self.internals.eip.value
 
+    @property
+    def cpl(self) -> int:
+        """The current privilege level (0 kernel, 3 user)."""
+        return self.internals.hflags.value & 3
+
     # -- hooks (hot paths: keep them short) ------------------------------------------------
 
     def _on_interrupt_window(self, request: int) -> bool:
@@ -245,8 +302,8 @@ class Vcpu:
         regs[11] = internals.compute_rflags() & ~_RF
         internals.load_rflags(internals.eflags.value & ~(internals.fmask.value | _RF))
         selector = (internals.star.value >> 32) & 0xFFFF
-        internals.load_flat_segment(R_CS, selector & 0xFFFC, _CS64_FLAGS)
-        internals.load_flat_segment(R_SS, (selector + 8) & 0xFFFC, _SS_FLAGS)
+        internals.load_flat_segment(R_CS, selector & 0xFFFC, FLAT_CODE64_FLAGS)
+        internals.load_flat_segment(R_SS, (selector + 8) & 0xFFFC, FLAT_DATA_FLAGS)
         internals.set_cpl(0)
         internals.eip.value = (internals.lstar.value - 2) & 0xFFFFFFFFFFFFFFFF
 
@@ -255,7 +312,7 @@ class Vcpu:
         leaf, subleaf = regs[0] & 0xFFFFFFFF, regs[1] & 0xFFFFFFFF
         eax, ebx, ecx, edx = self.cpuid.lookup(leaf, subleaf)
         if leaf == 1:  # OSXSAVE mirrors CR4.OSXSAVE
-            ecx = (ecx & ~(1 << 27)) | ((self.delivery._cr[4] >> 18) & 1) << 27
+            ecx = (ecx & ~(1 << 27)) | ((self.internals.cr[4] >> 18) & 1) << 27
         regs[0], regs[3], regs[1], regs[2] = eax, ebx, ecx, edx
         return 1
 
