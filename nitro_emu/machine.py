@@ -8,29 +8,30 @@ import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
+from board.bus import MmioBus, PortBus
+from board.clock import VirtualClock
+from board.memory import GuestRam
+from board.reactor import HostReactor
 from devices.legacy.pic import Pic8259Pair
 from devices.legacy.pit import Pit8254
 from devices.legacy.reset import ResetPorts
 from devices.legacy.rtc import Rtc146818
 from devices.legacy.uart import Uart16550
+from devices.nsm import NsmDevice
+from devices.virtio.device import VirtioDevice
 from devices.virtio.mmio import VirtioMmioTransport
 from devices.vsock import VsockConfig, VsockDevice
 from eif import EifImage, read_eif
 from nitro_emu.attestation.factory import create_nsm_device
-from nitro_emu.boot.loader import load_linux
-from board.bus import MmioBus, PortBus
-from board.clock import VirtualClock
+from nitro_emu.boot.loader import BootLayout, load_linux
 from nitro_emu.console import ConsoleLog
 from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz
 from nitro_emu.cpu.vcpu import Vcpu
 from nitro_emu.errors import NitroEmuError
-from board.memory import GuestRam
-from board.reactor import HostReactor
+from nitro_emu.limits import check_memory_mib
 from nitro_emu.runloop import RunLoop
 
 MIN_CID, MAX_CID = 4, 4294967294
-MIN_MEMORY_MIB, MAX_MEMORY_MIB = 64, 3072
-VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE, VIRTIO_FIRST_IRQ = 0xD0000000, 0x1000, 5
 COM1_IRQ = 4
 HEARTBEAT_OFF = "nitro_emu.heartbeat=off"
 # The machine's own kernel parameters (appended; they change no PCR). The TSC is the host's
@@ -38,6 +39,24 @@ HEARTBEAT_OFF = "nitro_emu.heartbeat=off"
 # checks it against jiffies, which lag whenever ticks merge under emulation. io_delay=none:
 # no dummy write to port 0x80 after every PIC/PIT access (one hook each, for nothing).
 MACHINE_CMDLINE = ("tsc=reliable", "io_delay=none")
+
+
+@dataclass(frozen=True)
+class VirtioSlot:
+    """Where a virtio-mmio device sits: its register window and interrupt line, announced
+    to Linux on the command line as QEMU's microvm and Firecracker do."""
+
+    name: str
+    base: int
+    irq: int
+    size: int = 0x1000
+
+    @property
+    def cmdline(self) -> str:
+        return f"virtio_mmio.device={self.size >> 10}K@{self.base:#x}:{self.irq}"
+
+
+VIRTIO_SLOTS = (VirtioSlot("vsock", 0xD0000000, 5), VirtioSlot("nsm", 0xD0001000, 6))
 
 
 class MachineError(NitroEmuError):
@@ -75,28 +94,53 @@ class Machine:
         if not isinstance(guest_cid, int) or not MIN_CID <= guest_cid <= MAX_CID:
             raise MachineError(f"guest CID {guest_cid} is not a valid enclave CID "
                                f"({MIN_CID} to {MAX_CID})")
-        if not MIN_MEMORY_MIB <= memory_mib <= MAX_MEMORY_MIB:
-            raise MachineError(f"memory {memory_mib} MiB is outside {MIN_MEMORY_MIB} to "
-                               f"{MAX_MEMORY_MIB} MiB")
-        self.image = eif if isinstance(eif, EifImage) else read_eif(eif)
-        if self.image.arch != "x86_64":
-            raise MachineError(f"{self.image.path}: an {self.image.arch} EIF cannot run on "
-                               "this x86_64 machine")
-        if not self.image.ramdisk_sections:
-            raise MachineError(f"{self.image.path}: the EIF has no ramdisk to boot")
+        try:
+            check_memory_mib(memory_mib)
+        except ValueError as error:
+            raise MachineError(str(error)) from None
+        self.image = self._read_image(eif)
         self.guest_cid = guest_cid
         self.debug_mode = debug_mode
+        self._end: RunResult | None = None
         self.console = ConsoleLog(console if console is not None else sys.stdout.buffer,
                                   on_panic=lambda line: self._finish("panic", line, ok=False))
         self.clock = VirtualClock()
         self.reactor = HostReactor()
         self.ram = GuestRam(memory_mib << 20)
         self.ports = PortBus()
-        self._end: RunResult | None = None
+        self._wire_cpu()
+        self._wire_legacy_devices()
+        self.nsm = self._make_nsm(parent_role, parent_id, state_dir)
+        self.vsock = VsockDevice(guest_cid, self.reactor, self.clock,
+                                 vsock if vsock is not None else VsockConfig())
+        self.virtio = self._wire_virtio({"vsock": self.vsock, "nsm": self.nsm})
+        self.boot = self._load_kernel(heartbeat, extra_cmdline)
+        self.loop = RunLoop(self.vcpu, self.pic, self.clock, self.reactor,
+                            between_slices=self.uart.flush,
+                            finished=lambda: self._end is not None,
+                            idle_skip_allowed=self.reactor.only_listening)
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_image(eif: str | os.PathLike | EifImage) -> EifImage:
+        image = eif if isinstance(eif, EifImage) else read_eif(eif)
+        if image.arch != "x86_64":
+            raise MachineError(f"{image.path}: an {image.arch} EIF cannot run on "
+                               "this x86_64 machine")
+        if not image.ramdisk_sections:
+            raise MachineError(f"{image.path}: the EIF has no ramdisk to boot")
+        return image
+
+    def _wire_cpu(self) -> None:
+        """The vCPU on RAM, its port hooks on the port bus, MMIO windows through it."""
         self.cpuid = CpuidModel(host_tsc_hz())
         self.vcpu = Vcpu(self.ram, self.ports.read, self.ports.write, self.cpuid)
         self.mmio = MmioBus(self.vcpu.map_mmio)
 
+    def _wire_legacy_devices(self) -> None:
+        """The PC parts on I/O ports: 8259 pair (the vCPU's INTR), PIT on IRQ 0, COM1 on
+        IRQ 4 feeding the console, RTC, reset ports."""
         self.pic = Pic8259Pair(on_request=self.vcpu.request_interrupt)
         self.vcpu.connect_interrupt_controller(self.pic.has_interrupt, self.pic.acknowledge)
         self.pit = Pit8254(self.clock, self.pic.line(0))
@@ -106,32 +150,34 @@ class Machine:
         for device in (self.pic, self.pit, self.uart, self.rtc, self.reset):
             self.ports.claim(device.ports, device)
 
+    def _make_nsm(self, parent_role: str | None, parent_id: str | None,
+                  state_dir: str | os.PathLike | None) -> NsmDevice:
         measurements = self.image.measurements
-        self.nsm = create_nsm_device(
+        return create_nsm_device(
             pcr0=measurements.pcr0, pcr1=measurements.pcr1, pcr2=measurements.pcr2,
             pcr8=measurements.pcr8, parent_role=parent_role, parent_id=parent_id,
-            debug_mode=debug_mode, state_dir=state_dir)
-        self.vsock = VsockDevice(guest_cid, self.reactor, self.clock,
-                                 vsock if vsock is not None else VsockConfig())
-        self.virtio_devices = [self.vsock, self.nsm]
-        cmdline_devices = []
-        for slot, device in enumerate(self.virtio_devices):
-            base = VIRTIO_MMIO_BASE + slot * VIRTIO_MMIO_SIZE
-            irq = VIRTIO_FIRST_IRQ + slot
-            self.mmio.map(base, VIRTIO_MMIO_SIZE,
-                          VirtioMmioTransport(device, self.ram, self.pic.line(irq)))
-            cmdline_devices.append(f"virtio_mmio.device=4K@{base:#x}:{irq}")
+            debug_mode=self.debug_mode, state_dir=state_dir)
 
-        extra = cmdline_devices + list(MACHINE_CMDLINE) + ([] if heartbeat else [HEARTBEAT_OFF])
+    def _wire_virtio(self, devices: dict[str, VirtioDevice]) -> dict[str, VirtioMmioTransport]:
+        """Each virtio device behind its own MMIO transport, in its named slot."""
+        transports = {}
+        for slot in VIRTIO_SLOTS:
+            transport = VirtioMmioTransport(devices[slot.name], self.ram, self.pic.line(slot.irq))
+            self.mmio.map(slot.base, slot.size, transport)
+            transports[slot.name] = transport
+        return transports
+
+    def _load_kernel(self, heartbeat: bool, extra_cmdline: str) -> BootLayout:
+        """The EIF's kernel, command line (plus the machine's own parameters, which change
+        no PCR) and ramdisks in RAM, the vCPU at the kernel's entry."""
+        extra = [slot.cmdline for slot in VIRTIO_SLOTS] + list(MACHINE_CMDLINE)
+        if not heartbeat:
+            extra.append(HEARTBEAT_OFF)
         if extra_cmdline:
             extra.append(extra_cmdline)
         cmdline = " ".join([self.image.cmdline.strip()] + extra)
-        self.boot = load_linux(self.vcpu, self.ram, self.image.read_kernel(), cmdline,
-                               self.image.ramdisks_size, self.image.read_ramdisks_into)
-        self.loop = RunLoop(self.vcpu, self.pic, self.clock, self.reactor,
-                            between_slices=self.uart.flush,
-                            finished=lambda: self._end is not None,
-                            idle_skip_allowed=self.reactor.only_listening)
+        return load_linux(self.vcpu, self.ram, self.image.read_kernel(), cmdline,
+                          self.image.ramdisks_size, self.image.read_ramdisks_into)
 
     # -- events from devices ---------------------------------------------------------------
 

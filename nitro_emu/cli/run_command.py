@@ -9,6 +9,7 @@ import sys
 from devices.vsock import config as vsock_options
 from nitro_emu.cli.common import ArgumentParser
 from nitro_emu.errors import UsageError
+from nitro_emu.limits import check_memory_mib
 
 
 def _cid(text: str) -> int:
@@ -24,15 +25,12 @@ def _cid(text: str) -> int:
 
 
 def _memory(text: str) -> int:
-    from nitro_emu.machine import MAX_MEMORY_MIB, MIN_MEMORY_MIB
     try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"--memory: {text!r} is not a whole number of MiB") from None
-    if not MIN_MEMORY_MIB <= value <= MAX_MEMORY_MIB:
-        raise UsageError(f"--memory: {value} MiB is outside {MIN_MEMORY_MIB} to "
-                         f"{MAX_MEMORY_MIB} MiB")
-    return value
+        return check_memory_mib(int(text))
+    except ValueError as error:
+        if not text.strip().lstrip("-").isdigit():
+            raise UsageError(f"--memory: {text!r} is not a whole number of MiB") from None
+        raise UsageError(f"--memory: {error}") from None
 
 
 def build_parser() -> ArgumentParser:
