@@ -20,7 +20,8 @@ from eif.crc import crc32_combine
 from eif.errors import EifError
 from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
 from eif.metadata import BuildInfo, Metadata, rfc3339_now
-from eif.pcr import Measurements, pcr8_from_certificate
+from eif.pcr import Measurements
+from eif.signature import pcr8_from_certificate
 from eif.stream import THREAD_THRESHOLD, ChunkPool, Measurer
 
 ARCHES = {"x86_64": 0, "aarch64": layout.FLAG_ARCH_AARCH64}

@@ -45,23 +45,6 @@ def pcr_of_string(s: str) -> bytes:
     return extend_digest(ZERO_PCR, s.encode("utf-8"))
 
 
-def certificate_der_from_pem(pem: bytes) -> bytes:
-    """DER of the first certificate in a PEM blob; EifError if there is none."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from eif.signature import load_certificate
-
-    try:
-        return load_certificate(pem).public_bytes(Encoding.DER)
-    except ValueError as error:
-        raise EifError(str(error)) from None
-
-
-def pcr8_from_certificate(pem: bytes) -> bytes:
-    """PCR8 of an image signed with this PEM certificate: extend(DER of the certificate)."""
-    return pcr_of_bytes(certificate_der_from_pem(pem))
-
-
 def pcr_of_file(path: str | os.PathLike) -> bytes:
     """`nitro-cli pcr --input F`: extend(file bytes), hashed in chunks."""
     hasher = hashlib.sha384()
@@ -90,10 +73,3 @@ class Measurements:
         if self.pcr8 is not None:
             result["PCR8"] = self.pcr8.hex()
         return result
-
-    def as_registers(self) -> dict[int, bytes]:
-        """The registers this image defines, by index (what the NSM starts from)."""
-        registers = {0: self.pcr0, 1: self.pcr1, 2: self.pcr2}
-        if self.pcr8 is not None:
-            registers[8] = self.pcr8
-        return registers

@@ -68,6 +68,19 @@ def load_certificate(pem: bytes) -> x509.Certificate:
     return certificate
 
 
+
+def certificate_der_from_pem(pem: bytes) -> bytes:
+    """DER of the first certificate in a PEM blob; EifError if there is none."""
+    try:
+        return load_certificate(pem).public_bytes(Encoding.DER)
+    except ValueError as error:
+        raise EifError(str(error)) from None
+
+
+def pcr8_from_certificate(pem: bytes) -> bytes:
+    """PCR8 of an image signed with this PEM certificate: extend(DER of the certificate)."""
+    return pcr_of_bytes(certificate_der_from_pem(pem))
+
 def parse_section(data: bytes, where: str) -> ParsedSignature:
     """Parse and check the structure (not yet the signature). EifError names `where`."""
     try:

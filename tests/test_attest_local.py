@@ -16,15 +16,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from devices.nsm import NsmHandler, PcrBank
-from devices.nsm.pcr import measure
 from nitro_emu.attestation.ca import LocalCA
 from nitro_emu.attestation.errors import AttestationError, VerificationError
 from nitro_emu.attestation.factory import create_nsm_device
 from nitro_emu.attestation.state import state_dir
 from nitro_emu.attestation.verify import verify_document
 from nitro_emu.cli import main as cli_main
+from eif.pcr import pcr_from_digest
 
-PCR0, PCR1, PCR2 = measure(b"image"), measure(b"boot"), measure(b"app")
+PCR0, PCR1, PCR2 = pcr_from_digest(b"image"), pcr_from_digest(b"boot"), pcr_from_digest(b"app")
 
 
 def booted_bank() -> PcrBank:
@@ -121,7 +121,7 @@ def test_factory_device_documents_verify_against_the_exported_root(tmp_path):
     root = LocalCA.load_or_create(tmp_path).certificate
     result = verify_document(doc, [root], expected_pcrs={0: PCR0, 1: PCR1, 2: PCR2},
                              nonce=b"nonce", user_data=b"hello")
-    assert result.payload["pcrs"][4] == measure(b"i-0123456789abcdef0")
+    assert result.payload["pcrs"][4] == pcr_from_digest(b"i-0123456789abcdef0")
     assert result.payload["module_id"].startswith("i-0123456789abcdef0-enc")
 
 

@@ -17,7 +17,7 @@ from eif import jsonfmt
 from eif.builder import build_eif
 from eif.describe import describe
 from eif.errors import EifError
-from eif.pcr import pcr8_from_certificate
+from eif.signature import pcr8_from_certificate
 from eif.reader import read_eif
 from eif.signature import pcr_info_payload
 

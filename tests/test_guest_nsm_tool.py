@@ -17,10 +17,11 @@ import cbor2
 import pytest
 
 from devices.nsm.handler import NsmHandler
-from devices.nsm.pcr import PcrBank, measure
+from devices.nsm.pcr import PcrBank
 from guest.env import GUEST_DIR
 from nitro_emu.attestation.ca import LocalCA
 from nitro_emu.attestation.verify import verify_document
+from eif.pcr import pcr_from_digest
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
 MODULE_ID = "i-0123456789abcdef0-enc0123456789abcdef"
@@ -42,7 +43,7 @@ def ca():
 
 def make_handler(ca) -> NsmHandler:
     bank = PcrBank()
-    bank.set_initial(0, measure(b"image"))
+    bank.set_initial(0, pcr_from_digest(b"image"))
     bank.lock_range(16)
     return NsmHandler(bank, ca.signer(MODULE_ID), MODULE_ID)
 

@@ -10,16 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devices.nsm.handler import ERROR_CODES, REQUEST_MAX, NsmHandler
-from devices.nsm.pcr import PcrBank, measure
+from devices.nsm.pcr import PcrBank
 from nitro_emu.attestation.ca import LocalCA
 from nitro_emu.attestation.verify import verify_document
+from eif.pcr import pcr_from_digest
 
 CA = LocalCA.create()
 
 
 def make_handler(**kwargs) -> NsmHandler:
     bank = PcrBank()
-    bank.set_initial(0, measure(b"image"))
+    bank.set_initial(0, pcr_from_digest(b"image"))
     bank.lock_range(16)
     return NsmHandler(bank, CA.signer("i-0123456789abcdef0-enc0123456789abcdef"),
                       "i-0123456789abcdef0-enc0123456789abcdef", **kwargs)
@@ -51,7 +52,7 @@ def test_describe_pcr_field_order_and_types():
     response = h.handle(cbor2.dumps({"DescribePCR": {"index": 0}}))
     # Rust field order: lock then data
     assert response.startswith(bytes.fromhex("a16b4465736372696265504352a2646c6f636bf5"))
-    assert ask(h, {"DescribePCR": {"index": 0}})["DescribePCR"]["data"] == measure(b"image")
+    assert ask(h, {"DescribePCR": {"index": 0}})["DescribePCR"]["data"] == pcr_from_digest(b"image")
 
 
 def test_extend_then_lock_then_extend_fails():
@@ -135,7 +136,7 @@ def test_attestation_echoes_fields_and_verifies():
     assert len(h.handle(cbor2.dumps(response))) > 0
     result = verify_document(document, [CA.certificate], nonce=b"n" * 1024,
                              user_data=b"u" * 1024, public_key=b"k" * 1024,
-                             expected_pcrs={0: measure(b"image")})
+                             expected_pcrs={0: pcr_from_digest(b"image")})
     assert len(cbor2.dumps(response)) <= 0x3000
     assert sorted(result.payload["pcrs"]) == list(range(16))
 

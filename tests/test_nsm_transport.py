@@ -8,7 +8,7 @@ import logging
 import cbor2
 import pytest
 
-from devices.nsm import NsmDevice, measure
+from devices.nsm import NsmDevice
 from devices.virtio import mmio as M
 from devices.virtio.device import VIRTIO_F_VERSION_1
 from devices.vsock.guest_driver import Allocator, Level, MmioDriver
@@ -16,6 +16,7 @@ from nitro_emu.attestation.ca import LocalCA
 from nitro_emu.attestation.factory import create_nsm_device
 from nitro_emu.attestation.verify import verify_document
 from board.memory import GuestRam
+from eif.pcr import pcr_from_digest
 
 REQ_BUF, RESP_BUF, RESPONSE_SIZE = 0x80000, 0x81000, 0x3000
 
@@ -49,7 +50,7 @@ class KernelNsm:
 
 @pytest.fixture(params=[M.RING_FEATURES, VIRTIO_F_VERSION_1], ids=["ring-features", "plain"])
 def guest(request, tmp_path):
-    device = create_nsm_device(pcr0=measure(b"k"), pcr1=measure(b"b"), pcr2=measure(b"a"),
+    device = create_nsm_device(pcr0=pcr_from_digest(b"k"), pcr1=pcr_from_digest(b"b"), pcr2=pcr_from_digest(b"a"),
                                pcr8=None, parent_role=None, parent_id="i-0123456789abcdef0",
                                debug_mode=False, state_dir=tmp_path)
     ram, irq = GuestRam(4 << 20), Level()
@@ -140,7 +141,7 @@ class HoldDriverOk:
 def test_request_kicked_before_driver_ok_is_served_at_activation(tmp_path):
     """drivers/misc/nsm.c registers its hwrng before the device is ready; the hwrng
     thread's first GetRandom can be kicked before DRIVER_OK (seen booting attest.eif)."""
-    device = create_nsm_device(pcr0=measure(b"k"), pcr1=measure(b"b"), pcr2=measure(b"a"),
+    device = create_nsm_device(pcr0=pcr_from_digest(b"k"), pcr1=pcr_from_digest(b"b"), pcr2=pcr_from_digest(b"a"),
                                pcr8=None, parent_role=None, parent_id=None, debug_mode=False,
                                state_dir=tmp_path)
     ram, irq = GuestRam(4 << 20), Level()

@@ -1,17 +1,15 @@
 """The NSM's bank of platform configuration registers (PCRs).
 
 32 registers of 48 bytes (SHA-384). A register only changes by extension,
-`new = SHA-384(old || data)`, and once locked it never changes again (there is no
+`new = SHA-384(old || data)` (the one extension of `eif.pcr`), and once locked it never changes again (there is no
 unlock). At boot the machine extends the measurements in and locks 0-15.
 """
 from __future__ import annotations
 
-import hashlib
+from eif.pcr import PCR_SIZE, ZERO_PCR, extend_digest
 
 PCR_COUNT = 32
-PCR_SIZE = 48
 BOOT_LOCKED = 16          # PCRs 0..15 are locked once the boot measurements are in
-ZERO_PCR = bytes(PCR_SIZE)
 
 
 class PcrError(Exception):
@@ -20,11 +18,6 @@ class PcrError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def measure(data: bytes) -> bytes:
-    """The value of a zeroed register after one extension with `data`."""
-    return hashlib.sha384(ZERO_PCR + data).digest()
 
 
 class PcrBank:
@@ -62,7 +55,7 @@ class PcrBank:
         self._check_index(index)
         if self._locked[index]:
             raise PcrError("ReadOnlyIndex", f"PCR{index} is locked and cannot be extended")
-        value = hashlib.sha384(self._values[index] + data).digest()
+        value = extend_digest(self._values[index], data)
         self._values[index] = value
         return value
 

@@ -337,7 +337,3 @@ class VirtioMmioTransport:
         except Exception as error:
             log.exception("%s: notify(%d) failed", self.name, index)
             self._device_error(error)
-
-    def interrupt_callback(self) -> Callable[[], None]:
-        """The used-buffer interrupt callable handed to the backend (for tests)."""
-        return self._raise_vring

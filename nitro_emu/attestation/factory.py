@@ -26,7 +26,7 @@ def make_module_id(parent_id: str | None = None) -> str:
 def boot_pcrs(*, pcr0: bytes, pcr1: bytes, pcr2: bytes, pcr8: bytes | None,
               parent_role: str | None, parent_id: str | None, debug_mode: bool) -> PcrBank:
     """The PCR bank as the guest finds it: 0/1/2/8 = the EIF measurements (zeros for
-    0-2 in debug mode, as on real Nitro), 3 = measure(role ARN), 4 = measure(instance
+    0-2 in debug mode, as on real Nitro), 3 = extend(role ARN), 4 = extend(instance
     id), 0-15 locked."""
     bank = PcrBank()
     for index, value in ((0, pcr0), (1, pcr1), (2, pcr2), (8, pcr8)):

@@ -12,7 +12,8 @@ from eif.describe import describe
 from eif.errors import EifError
 from eif.jsonfmt import Fields
 from eif.metadata import load_custom_metadata_file
-from eif.pcr import DEFAULT_HASH_ALGORITHM, pcr8_from_certificate, pcr_of_file
+from eif.pcr import DEFAULT_HASH_ALGORITHM, pcr_of_file
+from eif.signature import pcr8_from_certificate
 from eif.reader import read_eif
 from nitro_emu.cli.common import ArgumentParser
 from nitro_emu.errors import UsageError
