@@ -9,7 +9,6 @@ line on `nitro_emu.virtio`; nothing the guest writes makes `mmio_write` raise.
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 from devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from devices.virtio.queue import (MAX_QUEUE_SIZE, VIRTIO_F_RING_EVENT_IDX,
