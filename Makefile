@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 GUEST_DIR := build/guest
 
-.PHONY: setup system-deps guest test bench demo clean
+.PHONY: setup system-deps guest test test-unit bench demo clean
 
 # System packages (apt) needed to build the guest images and run the reference checks.
 system-deps:
@@ -34,6 +34,11 @@ demo: hello.eif
 
 test: guest
 	$(PY) -m pytest -q
+
+# Everything that needs no guest kernel or image (tests not marked `guest`): minutes, on a
+# fresh machine, without `make guest`.
+test-unit: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not guest"
 
 bench: guest
 	$(PY) benchmarks/run_all.py

@@ -1,5 +1,5 @@
 """Write an EIF: `build_eif(output, kernel=..., cmdline=..., ramdisks=[...]) -> Measurements`
-(spec eif.md §2-§7), the same bytes AWS's builder writes for the same inputs.
+(docs/spec/eif.md §2-§7), the same bytes AWS's builder writes for the same inputs.
 
 Input files are streamed in chunks (never loaded whole) and hashed in the same pass as
 they are copied. The CRC starts with header bytes that are final only at the end (the

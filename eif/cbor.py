@@ -1,5 +1,5 @@
 """The small part of CBOR (RFC 8949) the signature section and COSE_Sign1 use, written so
-its output is byte-identical to serde_cbor 0.11 (spec eif.md §7, test vectors §12.1).
+its output is byte-identical to serde_cbor 0.11 (docs/spec/eif.md §7, test vectors §12.1).
 
 
 serde encodes a Rust `Vec<u8>` as an array of unsigned integers, one per byte, not as a

@@ -1,5 +1,5 @@
 """COSE_Sign1 (RFC 8152) with ECDSA, as aws-nitro-enclaves-cose writes it for EIF
-signatures (spec eif.md §7.2): untagged array(4) of protected header bstr({1: alg}),
+signatures (docs/spec/eif.md §7.2): untagged array(4) of protected header bstr({1: alg}),
 empty unprotected map, payload bstr and the r||s signature bstr.
 """
 from __future__ import annotations

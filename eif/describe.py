@@ -1,4 +1,4 @@
-"""`describe-eif` output: the object nitro-cli prints for an EIF (spec eif.md §11.2),
+"""`describe-eif` output: the object nitro-cli prints for an EIF (docs/spec/eif.md §11.2),
 as `jsonfmt.Fields` so key order and serde's flattening are reproduced exactly.
 """
 from __future__ import annotations

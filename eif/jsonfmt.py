@@ -1,5 +1,5 @@
 """JSON read and written the way serde_json does, for byte equality with nitro-cli
-(spec eif.md §6 and §11).
+(docs/spec/eif.md §6 and §11).
 
 * Objects in free-form values (`serde_json::Value`) are sorted maps: keys come out in
   code-point order at every level. Struct-like objects keep their field order; they are

@@ -1,4 +1,4 @@
-"""Binary layouts of the EIF header and section header (spec eif.md §1-§4).
+"""Binary layouts of the EIF header and section header (docs/spec/eif.md §1-§4).
 
 All integers are big-endian and the structures are packed: a 548-byte file header
 followed by sections, each a 12-byte section header and its data, with no gaps.

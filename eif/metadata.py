@@ -1,4 +1,4 @@
-"""The metadata section (type 5): compact JSON of AWS's `EifIdentityInfo` (spec eif.md §6).
+"""The metadata section (type 5): compact JSON of AWS's `EifIdentityInfo` (docs/spec/eif.md §6).
 
 Writing gives the bytes serde_json::to_vec writes (struct keys in declaration order,
 free values with sorted keys). Reading requires every key nitro-cli requires.

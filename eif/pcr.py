@@ -1,4 +1,4 @@
-"""PCR measurements as nitro-cli and the Nitro hypervisor compute them (spec eif.md §8-§9).
+"""PCR measurements as nitro-cli and the Nitro hypervisor compute them (docs/spec/eif.md §8-§9).
 
 Every offline PCR is `extend(stream) = SHA384(48 zero bytes || SHA384(stream))`, a single
 TPM-style extend of a zeroed register. PCR3/PCR4 (run time only) extend the raw bytes of

@@ -1,4 +1,4 @@
-"""Read and validate an EIF: `read_eif(path) -> EifImage` (spec eif.md §2-§10).
+"""Read and validate an EIF: `read_eif(path) -> EifImage` (docs/spec/eif.md §2-§10).
 
 Stricter than both nitro-cli and QEMU, so that every file it accepts is read the same
 way by both: magic, a supported version, known header flags, zero reserved fields,

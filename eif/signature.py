@@ -1,6 +1,6 @@
 """The signature section (type 4): CBOR list of `PcrSignature{signing_certificate,
 signature}` whose COSE_Sign1 signs `PcrInfo{register_index: 0, register_value: PCR0}`
-(spec eif.md §7). Byte vectors are serde arrays of uints, not CBOR byte strings.
+(docs/spec/eif.md §7). Byte vectors are serde arrays of uints, not CBOR byte strings.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from guest import cpio
 from guest.errors import GuestBuildError
 
-# AWS's x86_64 enclave command line (blobs/x86_64/cmdline), exactly (eif.md §4.1).
+# AWS's x86_64 enclave command line (blobs/x86_64/cmdline), exactly (docs/spec/eif.md §4.1).
 AWS_CMDLINE = ("reboot=k panic=30 pci=off nomodules console=ttyS0 i8042.noaux i8042.nomux "
                "i8042.nopnp i8042.dumbkbd random.trust_cpu=on")
 BUSYBOX = Path("/bin/busybox")

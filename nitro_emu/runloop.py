@@ -1,5 +1,5 @@
 """The run loop: CPU slices, timers on the virtual clock, interrupt delivery between
-slices, host I/O, and idle skipping (ARCHITECTURE.md section 4)."""
+slices, host I/O, and idle skipping (docs/architecture.md §4)."""
 from __future__ import annotations
 
 import time

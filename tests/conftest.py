@@ -1,23 +1,20 @@
-"""Shared fixtures: the guest images built by `make guest`, and booting them."""
+"""Shared fixtures: a private state directory, booting guest images to their end, and the
+`guest` marker's bookkeeping (tests/support/images.py)."""
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-GUEST_DIR = Path(os.environ.get("NITRO_EMU_GUEST_DIR", ROOT / "build" / "guest"))
+from support import images
 
 
-def guest_image(name: str) -> Path:
-    """Path of a test image; a missing image is an error (run `make guest`), not a skip."""
-    path = GUEST_DIR / name
-    if not path.exists():
-        pytest.fail(f"{path} is missing: build the guest images with `make guest`")
-    return path
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # Before any fixture of the test is set up (module-scoped image builds included).
+    images.current_test_is_marked_guest = item.get_closest_marker("guest") is not None
 
 
 @pytest.fixture
@@ -44,10 +41,10 @@ def boot(state_dir: Path) -> Callable[..., BootedGuest]:
 
     machines = []
 
-    def run(name: str, timeout: float = 300, **options) -> BootedGuest:
+    def run(name: str | Path, timeout: float = 300, **options) -> BootedGuest:
         options.setdefault("guest_cid", 16)
-        machine = Machine(guest_image(name), console=io.BytesIO(), state_dir=state_dir,
-                          **options)
+        path = name if Path(name).is_absolute() else images.guest_image(str(name))
+        machine = Machine(path, console=io.BytesIO(), state_dir=state_dir, **options)
         machines.append(machine)
         result = machine.run(timeout=timeout)
         return BootedGuest(machine, result)

@@ -4,7 +4,7 @@ Test data (public): a production attestation document from an ap-southeast-2 enc
 2026-02-06, published as a test fixture in github.com/Epsilon-Data/nitro-verify,
 file test/verify.test.ts (commit 9cc2015fe656aacdfb3068beecd244594b93b0af), constant
 REAL_ATTESTATION_BASE64. Its leaf certificate was valid for three hours only, so it is
-checked at the document's timestamp (nsm-vsock.md 3.8). The expected PCR0-2 are the
+checked at the document's timestamp (docs/spec/nsm-vsock.md 3.8). The expected PCR0-2 are the
 `describe-enclaves` values published with it.
 """
 from __future__ import annotations

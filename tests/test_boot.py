@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import eif
-from conftest import ROOT, guest_image
+from support.images import ROOT, guest_image
 from guest import cpio
 from nitro_emu import Machine
 from nitro_emu.boot.bzimage import BadKernelError
@@ -21,6 +21,7 @@ HELLO = "Hello from the enclave side!"
 KERNEL_TROUBLE = re.compile(r"WARNING:|BUG:|Oops|Call Trace|Kernel panic|general protection")
 
 
+@pytest.mark.guest
 def test_hello_boots_prints_its_line_and_resets(boot) -> None:
     run = boot("hello.eif")
     assert run.result.ok, run.result.message
@@ -33,6 +34,7 @@ def test_hello_boots_prints_its_line_and_resets(boot) -> None:
     assert run.result.stats["syscalls"] > 0 and run.result.stats["exceptions"] > 0
 
 
+@pytest.mark.guest
 def test_hello_on_the_aws_configured_kernel_boots_too(boot) -> None:
     """The kernel users really run (AWS's enclave config: SMP, x2APIC, ACPI, paravirt, HPET,
     modules) on a machine without APIC, ACPI or HPET."""
@@ -42,6 +44,7 @@ def test_hello_on_the_aws_configured_kernel_boots_too(boot) -> None:
     assert not KERNEL_TROUBLE.search(run.console), KERNEL_TROUBLE.search(run.console).group(0)
 
 
+@pytest.mark.guest
 def test_sysbench_runs_to_the_end_with_every_operation_counted(boot) -> None:
     run = boot("sysbench.eif", timeout=900)
     assert run.result.ok, run.result.message
@@ -80,6 +83,7 @@ def test_a_kernel_of_random_bytes_is_refused_with_a_clear_error(tmp_path: Path, 
         Machine(image, guest_cid=16, state_dir=state_dir)
 
 
+@pytest.mark.guest
 def test_a_bzimage_whose_code_is_garbage_ends_with_a_fault_report_not_a_hang(
         tmp_path: Path, state_dir) -> None:
     real = eif.read_eif(guest_image("hello.eif")).read_kernel()
@@ -97,6 +101,7 @@ def test_a_bzimage_whose_code_is_garbage_ends_with_a_fault_report_not_a_hang(
     assert "RIP 0x" in result.message
 
 
+@pytest.mark.guest
 def test_a_missing_init_is_reported_as_the_kernel_panic(tmp_path: Path, state_dir) -> None:
     kernel = eif.read_eif(guest_image("hello.eif")).read_kernel()
     empty_root = cpio.newc_archive([cpio.directory("dev")])
@@ -111,6 +116,7 @@ def test_a_missing_init_is_reported_as_the_kernel_panic(tmp_path: Path, state_di
     assert result.message.startswith("Kernel panic - not syncing")
 
 
+@pytest.mark.guest
 def test_an_eif_without_a_ramdisk_is_a_one_line_error(tmp_path: Path) -> None:
     valid = guest_image("hello.eif").read_bytes()
     broken = tmp_path / "no-ramdisk.eif"
@@ -122,6 +128,7 @@ def test_an_eif_without_a_ramdisk_is_a_one_line_error(tmp_path: Path) -> None:
     assert completed.stderr.startswith("nitro-emu: error:")
 
 
+@pytest.mark.guest
 def test_the_command_line_runs_hello_in_the_foreground(state_dir) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "nitro_emu", str(guest_image("hello.eif")), "--guest-cid", "8"],
@@ -159,6 +166,7 @@ def _read_until(process: subprocess.Popen, marker: bytes, output: bytearray, lim
             output += chunk
 
 
+@pytest.mark.guest
 def test_the_shell_image_takes_console_input_from_stdin(state_dir) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "nitro_emu", str(guest_image("shell.eif")), "--guest-cid", "8"],

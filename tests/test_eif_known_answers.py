@@ -1,4 +1,4 @@
-"""Known answers from spec eif.md §12: the synthetic EIF (length, CRC, file hash, PCRs),
+"""Known answers from docs/spec/eif.md §12: the synthetic EIF (length, CRC, file hash, PCRs),
 the widely published one-ramdisk PCR2, PCR3/PCR4, serde_cbor vectors, sizes."""
 import hashlib
 import zlib

@@ -12,6 +12,7 @@ from guest import cpio
 from guest.images import AWS_CMDLINE, IMAGES, TEST_PROGRAMS, application_ramdisk, bootstrap_ramdisk
 from guest.kernel import PROFILES, check_config, parse_config
 from guest.programs import PROGRAMS, build_programs, compile_programs
+from support.images import require_guest_marker
 
 ELF_MAGIC = b"\x7fELF"
 
@@ -23,6 +24,7 @@ def programs():
 
 @pytest.fixture(scope="module")
 def hello_dir(tmp_path_factory) -> Path:
+    require_guest_marker()
     out = tmp_path_factory.mktemp("guest")
     gbuild.build(out, ["hello"], log=lambda *_: None)
     return out
@@ -93,6 +95,7 @@ def test_application_ramdisk_layout(programs, name):
     assert _resolve(entries, "/bin/true").data[:4] == ELF_MAGIC  # sysbench-lite's fork+exec
 
 
+@pytest.mark.guest
 def test_hello_eif_layout(hello_dir):
     image = read_eif(hello_dir / "hello.eif")
     assert image.crc_ok
@@ -109,6 +112,7 @@ def test_hello_eif_layout(hello_dir):
     assert manifest["hello"]["size"] == os.path.getsize(hello_dir / "hello.eif")
 
 
+@pytest.mark.guest
 def test_building_twice_gives_identical_bytes_and_pcrs(tmp_path):
     """Recompile the programs and rebuild hello's ramdisks and EIF in two places."""
     results = []
@@ -122,6 +126,7 @@ def test_building_twice_gives_identical_bytes_and_pcrs(tmp_path):
     assert eif_a == eif_b
 
 
+@pytest.mark.guest
 def test_second_build_comes_from_the_cache(hello_dir, monkeypatch):
     def must_not_build(*a, **k):
         raise AssertionError("image rebuilt although guest/ did not change")

@@ -2,7 +2,7 @@
 
 The tool is compiled from guest/programs/nsm.c with NSM_HOST_TRANSPORT, which swaps only
 the /dev/nsm ioctl for a pipe pair; its CBOR encoder, decoder and output are the ones in
-the image. Checks the exact request bytes (nsm-vsock.md 2.11) and the printed results.
+the image. Checks the exact request bytes (docs/spec/nsm-vsock.md 2.11) and the printed results.
 """
 import base64
 import hashlib

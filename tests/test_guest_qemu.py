@@ -15,6 +15,9 @@ from eif import read_eif
 from guest.build import build
 from guest.images import HELLO_LINE
 from guest.kernel import cached_kernel
+from support.images import require_guest_marker
+
+pytestmark = pytest.mark.guest  # boots real guest images
 
 QEMU = shutil.which("qemu-system-x86_64")
 # Not a timing check: only a bound so that a hung guest fails instead of blocking CI.
@@ -23,6 +26,7 @@ HANG_LIMIT_S = 600
 
 @pytest.fixture(scope="module")
 def guest_dir(tmp_path_factory) -> Path:
+    require_guest_marker()
     out = tmp_path_factory.mktemp("guest")
     build(out, ["hello", "sysbench", "shell"], log=lambda *_: None)
     return out

@@ -13,7 +13,10 @@ from nitro_emu.attestation.ca import LocalCA
 from nitro_emu.attestation.verify import read_document, verify_document
 from nitro_emu.cli import main as cli_main
 
-from conftest import guest_image
+from support.images import guest_image
+import pytest
+
+pytestmark = pytest.mark.guest  # boots real guest images
 
 NONCE, USER_DATA = bytes.fromhex("00112233"), b"hello"
 

@@ -1,4 +1,4 @@
-"""The NSM request handler: every request and error of nsm-vsock.md 2.4-2.11, the exact
+"""The NSM request handler: every request and error of docs/spec/nsm-vsock.md 2.4-2.11, the exact
 wire bytes, and hostile input (hypothesis) always answered with a CBOR error."""
 from __future__ import annotations
 

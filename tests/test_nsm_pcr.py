@@ -1,4 +1,4 @@
-"""PCR semantics (nsm-vsock.md 2.7) and the boot PCRs the factory sets up (eif.md 8-9)."""
+"""PCR semantics (docs/spec/nsm-vsock.md 2.7) and the boot PCRs the factory sets up (docs/spec/eif.md 8-9)."""
 from __future__ import annotations
 
 import hashlib

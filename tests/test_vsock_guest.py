@@ -12,10 +12,13 @@ import threading
 import time
 import zlib
 
-from conftest import guest_image
+from support.images import guest_image
 from devices.vsock import VsockConfig
 from guest import cpio
 from nitro_emu import Machine
+import pytest
+
+pytestmark = pytest.mark.guest  # boots real guest images
 
 MB = 1 << 20
 

@@ -3,7 +3,7 @@
 The guest driver posts a device-readable chain with the CBOR request followed by a
 device-writable chain for the response, kicks, and expects both back on the used ring in
 that order: the request with length 0, the response with the exact number of bytes
-written (nsm-vsock.md 2.2). A single chain holding both parts is served too. A response
+written (docs/spec/nsm-vsock.md 2.2). A single chain holding both parts is served too. A response
 that does not fit the guest's buffer is replaced by {"Error": "BufferTooSmall"}.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Attestation documents: a COSE_Sign1 (ES384) over the NSM's attestation payload.
 
-Layout as real NSMs emit it (nsm-vsock.md section 3): an untagged CBOR array
+Layout as real NSMs emit it (docs/spec/nsm-vsock.md section 3): an untagged CBOR array
 [protected header bstr {1: -35}, unprotected {}, payload bstr, 96-byte r||s signature];
 the payload is a definite map with the nine keys in AWS's order, absent optional fields
 as null. The signing key and certificate chain come from a `DocumentSigner`, so this

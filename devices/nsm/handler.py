@@ -1,6 +1,6 @@
 """The NSM request handler: CBOR request bytes in, CBOR response bytes out.
 
-Wire format is serde_cbor's externally tagged enums (nsm-vsock.md 2.3-2.6): a unit
+Wire format is serde_cbor's externally tagged enums (docs/spec/nsm-vsock.md 2.3-2.6): a unit
 request is a bare text string ("DescribeNSM"), a struct request a one-entry map
 {"Name": {fields}}; errors are {"Error": "<code>"}. `handle` never raises for anything
 the guest sends: every malformed input becomes an error response.

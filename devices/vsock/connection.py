@@ -1,7 +1,7 @@
 """One vsock connection between the guest and a host socket, seen from the parent (CID 3).
 
 The state machine follows Linux's virtio transport (net/vmw_vsock/virtio_transport_common.c)
-and shared/spec/nsm-vsock.md section 5.5/5.6:
+and docs/spec/nsm-vsock.md section 5.5/5.6:
 
 - credit: we never send the guest more payload than `peer_buf_alloc - (tx_cnt -
   peer_fwd_cnt)`; we read from the host socket only what that credit allows, so data

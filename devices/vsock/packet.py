@@ -1,6 +1,6 @@
 """The virtio-vsock packet header (44 bytes, little-endian, packed) and its constants.
 
-Spec: shared/spec/nsm-vsock.md section 5.2/5.3; Linux include/uapi/linux/virtio_vsock.h.
+Spec: docs/spec/nsm-vsock.md section 5.2/5.3; Linux include/uapi/linux/virtio_vsock.h.
 """
 from __future__ import annotations
 

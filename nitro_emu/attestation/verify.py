@@ -1,4 +1,4 @@
-"""Verifier for NSM attestation documents (nsm-vsock.md 3.5).
+"""Verifier for NSM attestation documents (docs/spec/nsm-vsock.md 3.5).
 
 Checks, in order: the COSE_Sign1 structure (untagged or tag 18, alg ES384, nothing after
 the CBOR), the payload's mandatory fields and types, the certificate path

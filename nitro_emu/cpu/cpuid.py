@@ -4,7 +4,7 @@ It starts from what Unicorn's TCG really implements (its own CPUID answers for t
 model, read once per process by running CPUID in a scratch instance), then removes what
 this machine does not have: no local APIC, x2APIC or TSC-deadline timer (Unicorn has no
 APIC), no hypervisor leaves (so no kvmclock or paravirt probing), and adds the TSC
-frequency in leaves 0x15/0x16 so Linux skips PIT calibration (ARCHITECTURE.md 3.6, 3.8).
+frequency in leaves 0x15/0x16 so Linux skips PIT calibration (docs/architecture.md §3.6, 3.8).
 """
 from __future__ import annotations
 

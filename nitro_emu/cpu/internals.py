@@ -1,7 +1,7 @@
 """Unicorn's internal CPU state, found by probing and checked before use.
 
 Unicorn has no API for delivering guest exceptions, external interrupts or SYSCALL, and
-none for the error code of a fault or the TSC offset (ARCHITECTURE.md 3.1-3.5). Its
+none for the error code of a fault or the TSC offset (docs/architecture.md §3.1-3.5). Its
 library exports QEMU's own delivery routines, and those work on the `CPUState` and
 `CPUX86State` structures. This module finds those structures and the fields used, by
 writing known values through the public API and looking for them, and refuses to run

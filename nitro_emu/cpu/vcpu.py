@@ -1,6 +1,6 @@
 """One x86-64 vCPU on Unicorn: RAM mapped from the host buffer, I/O ports and MMIO routed
 to the buses, and the hooks that make up for what Unicorn leaves out (exceptions, SYSCALL,
-CPUID, external interrupts; ARCHITECTURE.md section 3)."""
+CPUID, external interrupts; docs/architecture.md §3)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -155,7 +155,7 @@ class Vcpu:
     def run_slice(self) -> str:
         """Run from the current RIP. Returns "halt" (the guest executed HLT), "stopped"
         (`request_stop()`), or "fault" (see `self.fault`)."""
-        self.internals.old_exception.value = -1  # ARCHITECTURE.md 3.5
+        self.internals.old_exception.value = -1  # docs/architecture.md §3.5
         self._stopped = False
         rip = self.internals.eip.value
         try:
