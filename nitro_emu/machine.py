@@ -114,7 +114,7 @@ class Machine:
         self.vsock = VsockDevice(guest_cid, self.reactor, self.clock,
                                  vsock if vsock is not None else VsockConfig())
         self.virtio = self._wire_virtio({"vsock": self.vsock, "nsm": self.nsm})
-        self.boot = self._load_kernel(heartbeat, extra_cmdline)
+        self._load_kernel(heartbeat, extra_cmdline)
         self.loop = RunLoop(self.vcpu, self.pic, self.clock, self.reactor,
                             between_slices=self.uart.flush,
                             finished=lambda: self._end is not None,
