@@ -54,22 +54,26 @@ class _Chip:
         self.elcr = 0
         self.level = 0          # current input levels
         self.irr = 0
-        self.imr = 0
-        self.isr = 0
         self.trigger = 0        # level-triggered inputs: ELCR | (0xFF if LTIM)
-        self.rotation = 0       # the IR with the highest priority
         self.base = 0x08 if is_master else 0x70   # PC BIOS defaults
-        self.read_isr = False
-        self.poll = False
-        self.special_mask = False
         self.init_state = 0     # 0 operational, 1..3 waiting for ICW2..ICW4
         self.init4 = False
         self.single = False
         self.ltim = False
+        self.icw3 = 4 if is_master else 2
+        self._clear_modes()
+
+    def _clear_modes(self) -> None:
+        """IMR, ISR, rotation and every OCW/ICW4 mode back to their reset values."""
+        self.imr = 0
+        self.isr = 0
+        self.rotation = 0       # the IR with the highest priority
+        self.read_isr = False
+        self.poll = False
+        self.special_mask = False
         self.auto_eoi = False
         self.rotate_aeoi = False
         self.sfnm = False
-        self.icw3 = 4 if is_master else 2
 
     def output(self) -> int:
         """The IR this chip would present on INT, or -1 when INT is low."""
@@ -106,15 +110,7 @@ class _Chip:
         self.ltim = bool(value & 8)
         self.trigger = self.elcr | (0xFF if self.ltim else 0)
         self.irr &= self.trigger & self.level
-        self.imr = 0
-        self.isr = 0
-        self.rotation = 0
-        self.read_isr = False
-        self.poll = False
-        self.special_mask = False
-        self.auto_eoi = False
-        self.rotate_aeoi = False
-        self.sfnm = False
+        self._clear_modes()
 
     def ocw2(self, value: int) -> None:
         """EOI and rotation commands."""
