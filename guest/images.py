@@ -43,6 +43,12 @@ IMAGES = {
     "shell": Image("shell", "tiny", ("cttyhack", "sh")),
     "sysbench": Image("sysbench", "tiny", ("sysbench-lite",)),
     "hello-aws": Image("hello-aws", "aws", ("echo", HELLO_LINE)),
+    # The soak benchmark's enclave: echoes on vsock port 5000 and attests once a second
+    # (nonce = a counter) until it is stopped; the host checks both.
+    "soak": Image("soak", "tiny", (
+        "sh", "-c",
+        "vsock-echo 5000 & n=0; while :; do n=$((n+1)); "
+        "nsm attest --nonce $(printf %08x $n) || exit 1; sleep 1; done")),
 }
 
 

@@ -35,8 +35,9 @@ def test_aws_cmdline_is_exact():
                            "i8042.nomux i8042.nopnp i8042.dumbkbd random.trust_cpu=on")
 
 
-def test_six_images():
-    assert sorted(IMAGES) == sorted(["hello", "echo", "attest", "shell", "sysbench", "hello-aws"])
+def test_the_images():
+    assert sorted(IMAGES) == sorted(["hello", "echo", "attest", "shell", "sysbench", "hello-aws",
+                                     "soak"])
     assert IMAGES["hello-aws"].kernel == "aws"
     assert all(i.kernel == "tiny" for n, i in IMAGES.items() if n != "hello-aws")
 
