@@ -23,7 +23,8 @@ from pathlib import Path
 
 from eif import EifError, build_eif
 from guest import images as img
-from guest.env import BUILD_TIME, GUEST_DIR, SOURCE_DATE_EPOCH, cache_root, hash_tree, locked
+from guest.env import (BUILD_TIME, GUEST_DIR, SOURCE_DATE_EPOCH, cache_root, hash_tree, locked,
+                       try_locked)
 from guest.errors import GuestBuildError
 from guest.kernel import build_kernel, kernel_artifacts
 from guest.programs import build_programs
@@ -108,18 +109,19 @@ def build(out: Path, only: list[str] | None = None, log=print, jobs: int = 2) ->
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = cache / "manifest.json"
+    # The entry stays locked until its files are out: another build's prune skips it.
     with locked(cache / ".lock"):
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         missing = [n for n in names if n not in manifest]
         if missing:
             _build_missing(missing, cache, manifest, log, jobs)
-    for n in names:
-        shutil.copyfile(cache / f"{n}.eif", out / f"{n}.eif")
-        shutil.copytree(cache / n, out / n, dirs_exist_ok=True, copy_function=_link_or_copy)
-        prof = out / manifest[n]["kernel"]
-        prof.mkdir(exist_ok=True)
-        for fname in ("bzImage", "vmlinux", "System.map"):
-            _link_or_copy(cache / n / fname, prof / fname)
+        for n in names:
+            shutil.copyfile(cache / f"{n}.eif", out / f"{n}.eif")
+            shutil.copytree(cache / n, out / n, dirs_exist_ok=True, copy_function=_link_or_copy)
+            prof = out / manifest[n]["kernel"]
+            prof.mkdir(exist_ok=True)
+            for fname in ("bzImage", "vmlinux", "System.map"):
+                _link_or_copy(cache / n / fname, prof / fname)
     _prune(cache.parent, keep=cache)
     out_manifest = out / "manifest.json"
     old = json.loads(out_manifest.read_text()) if out_manifest.is_file() else {}
@@ -148,8 +150,11 @@ def _prune(images_dir: Path, keep: Path, count: int = 3) -> None:
     entries = sorted((d for d in images_dir.iterdir() if d.is_dir()),
                      key=lambda d: d.stat().st_mtime, reverse=True)
     for d in entries[count:]:
-        if d != keep:
-            shutil.rmtree(d, ignore_errors=True)
+        if d == keep:
+            continue
+        with try_locked(d / ".lock") as ours:
+            if ours:   # never an entry another build is filling or copying from
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

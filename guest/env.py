@@ -65,3 +65,24 @@ def locked(path: Path):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def try_locked(path: Path):
+    """Like `locked`, without waiting: yields True holding the lock, False if another
+    process holds it (or the entry is already gone)."""
+    try:
+        f = open(path, "a")
+    except OSError:
+        yield False
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
