@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/vsock.py [--mb 100] [--echoes 2000] [--no-guest]
 
-Device level: the Python guest driver (devices/vsock/guest_driver.py) against the real
+Device level: the Python guest driver (tests/support/vsock_driver.py) against the real
 transport and device, host TCP sockets on 127.0.0.1; the figures include the driver's cost.
 Real guest (needs `make guest`): the Linux guest on the machine, vsock-send / vsock-recv
 for bulk (their own rate lines, CRC-checked against the host) and echo.eif for the 1-byte
@@ -21,7 +21,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from devices.vsock import VsockConfig  # noqa: E402
-from devices.vsock.guest_driver import Harness  # noqa: E402
+from tests.support.vsock_driver import Harness  # noqa: E402
 
 MB = 1 << 20
 
@@ -81,7 +81,7 @@ def host_to_guest(size: int) -> float:
     config.add_publish("127.0.0.1:0:5000")
     h = Harness(config)
     h.guest.listen(5000)
-    addr = h.device.published[0][1]
+    addr = h.muxer.published[0][1]
     block = os.urandom(MB)
 
     def client():
@@ -106,7 +106,7 @@ def host_to_guest(size: int) -> float:
     h.pump(drained, timeout=300)
     elapsed = time.perf_counter() - start
     s.close()
-    h.pump(lambda: not h.device.conns)
+    h.pump(lambda: not h.muxer.conns)
     t.join()
     h.close()
     return size / elapsed / MB
@@ -125,7 +125,7 @@ def echo_rtt(count: int) -> list[float]:
     h = Harness(config)
     s = h.guest.connect(7000)
     h.pump(lambda: s.state == "connected")
-    h.device.conns[(7000, s.local_port)].sock.setsockopt(
+    h.muxer.conns[(7000, s.local_port)].sock.setsockopt(
         socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     times = []
     for _ in range(count):
@@ -225,7 +225,7 @@ def guest_figures(size_mb: int, echoes: int) -> None:
 
         def feed(machine):
             _wait_console(machine, b"vsock-recv: listening on port 5001")
-            with socket.create_connection(machine.vsock.published[0][1]) as c:
+            with socket.create_connection(machine.vsock.muxer.published[0][1]) as c:
                 for _ in range(size_mb):
                     c.sendall(block)
             _wait_console(machine, b"received ")
@@ -253,7 +253,7 @@ def guest_figures(size_mb: int, echoes: int) -> None:
         def pings(machine):
             _wait_console(machine, b"vsock-echo: listening on port 5000")
             times = []
-            with socket.create_connection(machine.vsock.published[0][1]) as c:
+            with socket.create_connection(machine.vsock.muxer.published[0][1]) as c:
                 c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 for _ in range(echoes + 1):
                     start = time.perf_counter()

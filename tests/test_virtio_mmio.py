@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from devices.virtio import mmio as M
 from devices.virtio.device import VirtioDevice
 from devices.virtio.queue import VirtqueueError
-from devices.vsock.guest_driver import Allocator, Level, MmioDriver
+from tests.support.vsock_driver import Allocator, Level, MmioDriver
 from board.memory import GuestRam
 
 

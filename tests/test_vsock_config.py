@@ -5,7 +5,8 @@ from hypothesis import strategies as st
 
 from devices.vsock.config import (Publish, TcpTarget, UnixTarget, VsockConfig, VsockTarget,
                                   config_from_options, parse_forward, parse_publish)
-from devices.vsock.packet import HEADER_SIZE, Header, pack_header, parse_header
+from devices.vsock.packet import (HEADER_SIZE, Header, check_guest_cid, pack_header,
+                                  parse_header)
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -64,7 +65,7 @@ def test_config_from_options():
 def test_argparse_helpers():
     import argparse
 
-    from devices.vsock import add_arguments, config_from_args
+    from nitro_emu.cli.vsock_options import add_arguments, config_from_args
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     args = parser.parse_args(["--forward", "8000=tcp:h:443", "--forward", "9=unix:/s",
@@ -99,3 +100,45 @@ def test_header_round_trip(fields):
     raw = pack_header(*fields)
     assert len(raw) == HEADER_SIZE == 44
     assert parse_header(raw) == Header(*fields) and Header(*fields).pack() == raw
+
+
+def test_forwarding_the_heartbeat_port_needs_the_heartbeat_off():
+    with pytest.raises(ValueError, match="--no-heartbeat") as info:
+        config_from_options(["9000=tcp:127.0.0.1:80"])
+    assert "\n" not in str(info.value) and "9000" in str(info.value)
+    config = config_from_options(["9000=tcp:127.0.0.1:80"], heartbeat=False)
+    assert config.forwards[9000] == TcpTarget("127.0.0.1", 80) and not config.heartbeat
+    with pytest.raises(ValueError, match="boot heartbeat"):
+        VsockConfig(forwards={9000: UnixTarget("/x")}).validate()
+
+
+def test_run_verb_refuses_forwarding_the_heartbeat_port():
+    import subprocess
+    import sys
+    from pathlib import Path
+    completed = subprocess.run(
+        [sys.executable, "-m", "nitro_emu", "hello.eif", "--guest-cid", "8",
+         "--forward", "9000=tcp:127.0.0.1:80"],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert completed.returncode == 1
+    assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
+    assert "--forward 9000=tcp:127.0.0.1:80" in completed.stderr
+    assert "--no-heartbeat" in completed.stderr
+
+
+@pytest.mark.parametrize("cid", [4, 16, 4294967294])
+def test_check_guest_cid_accepts_enclave_cids(cid):
+    assert check_guest_cid(cid) == cid
+
+
+@pytest.mark.parametrize("cid", [0, 1, 2, 3, 4294967295, 1 << 40, -1, True, "16", None])
+def test_check_guest_cid_refuses_the_rest(cid):
+    with pytest.raises(ValueError, match="not a valid enclave CID") as info:
+        check_guest_cid(cid)
+    assert "\n" not in str(info.value)
+
+
+def test_device_refuses_a_reserved_cid():
+    from tests.support.vsock_driver import Harness
+    with pytest.raises(ValueError, match="not a valid enclave CID"):
+        Harness(VsockConfig(), guest_cid=3)

@@ -9,7 +9,7 @@ import pytest
 
 from devices.vsock import VsockConfig
 from devices.vsock import packet as P
-from devices.vsock.guest_driver import Harness
+from tests.support.vsock_driver import Harness, VsockGuest
 
 MB = 1 << 20
 
@@ -121,11 +121,11 @@ def test_heartbeat(bench, two_descriptor_rx):
     h.pump(lambda: s.state == "connected")
     s.send(bytes([0xB7]))
     h.pump(lambda: s.rx)
-    assert s.read() == b"\xb7" and seen == [True] and h.device.heartbeats == 1
-    assert h.device.has_connections()
+    assert s.read() == b"\xb7" and seen == [True] and h.muxer.heartbeats == 1
+    assert list(h.muxer.conns) == [(9000, s.local_port)]
     s.close()
     h.pump(lambda: s.state == "closed")
-    assert s.reset_received and not h.device.conns and not h.device.has_connections()
+    assert s.reset_received and not h.muxer.conns and not h.muxer.lingering
 
 
 def test_heartbeat_wrong_byte_is_not_answered(bench):
@@ -171,7 +171,7 @@ def test_forward_unix_and_half_close(bench, tmp_path):
     assert guest_transfer(h, s, b"") == data
     s.close()
     h.pump(lambda: s.state == "closed")
-    assert not h.device.conns
+    assert not h.muxer.conns
 
 
 def test_unforwarded_port_gets_rst(bench):
@@ -191,7 +191,7 @@ def test_forward_to_nothing_gets_rst(bench):
     h = bench(config)
     s = h.guest.connect(7002)
     h.pump(lambda: s.state == "closed")
-    assert s.reset_received and not h.device.conns
+    assert s.reset_received and not h.muxer.conns
 
 
 def test_rst_for_other_cids_and_bad_types(bench):
@@ -234,7 +234,7 @@ def host_client(address, data, results):
 
 
 def published_address(h):
-    return h.device.published[0][1]
+    return h.muxer.published[0][1]
 
 
 def test_publish_10mb_echo(bench):
@@ -249,7 +249,7 @@ def test_publish_10mb_echo(bench):
     h.pump(lambda: guest_echo(h) or results, timeout=120)
     client.join()
     assert hashlib.sha256(results[0]).digest() == hashlib.sha256(data).digest()
-    h.pump(lambda: not h.device.conns)
+    h.pump(lambda: not h.muxer.conns)
     assert h.guest.violations == 0
 
 
@@ -268,7 +268,7 @@ def test_publish_50_concurrent(bench):
     for c in clients:
         c.join()
     assert sorted(results) == sorted(payloads)
-    h.pump(lambda: not h.device.conns)
+    h.pump(lambda: not h.muxer.conns)
 
 
 def test_publish_to_port_without_listener_closes_host_socket(bench):
@@ -277,7 +277,7 @@ def test_publish_to_port_without_listener_closes_host_socket(bench):
     h = bench(config)
     with socket.create_connection(published_address(h)) as c:
         c.settimeout(10)
-        h.pump(lambda: h.guest.unknown and not h.device.conns)
+        h.pump(lambda: h.guest.unknown and not h.muxer.conns)
         assert c.recv(10) == b""                      # closed, not left hanging
 
 
@@ -288,9 +288,9 @@ def test_publish_guest_never_answers_times_out(bench):
     h.guest._dispatch = lambda hdr, payload: None     # a guest that ignores REQUESTs
     with socket.create_connection(published_address(h)) as c:
         c.settimeout(10)
-        h.pump(lambda: h.device.conns)
+        h.pump(lambda: h.muxer.conns)
         h.clock.skip_to(h.clock.now_ns() + 2 * 10**9)
-        h.pump(lambda: not h.device.conns)
+        h.pump(lambda: not h.muxer.conns)
         assert c.recv(10) == b""
 
 
@@ -356,7 +356,7 @@ def test_slow_host_reader_stalls_only_its_connection(bench):
     data = os.urandom(8 * MB)
     s.send(data)
     h.pump(lambda: s.credit() == 0 and not h.guest.tx_backlog)
-    conn = h.device.conns[(7000, s.local_port)]
+    conn = h.muxer.conns[(7000, s.local_port)]
     assert conn.to_host_bytes <= conn.buf_alloc
     assert s.pending_tx                                   # the guest is held by credit
     hb = h.guest.connect(9000)                            # tx keeps flowing meanwhile
@@ -410,7 +410,7 @@ def test_machine_stop_mid_transfer_closes_host_sockets(bench):
         h.step()
     h.device.close()
     server.join()
-    assert len(server.results) == 1 and not h.device.conns   # the sink saw EOF and ended
+    assert len(server.results) == 1 and not h.muxer.conns   # the sink saw EOF and ended
     assert not h.reactor._selector.get_map()
 
 
@@ -439,7 +439,7 @@ def test_guest_close_mid_transfer_closes_host_socket(bench):
     h.pump(lambda: s.state == "closed")
     t.join(20)
     assert results and results[0] in ("BrokenPipeError", "ConnectionResetError")
-    assert not h.device.conns
+    assert not h.muxer.conns
 
 
 def test_host_eof_then_guest_close(bench):
@@ -450,7 +450,7 @@ def test_host_eof_then_guest_close(bench):
     assert guest_transfer(h, s, b"") == b"bye"
     assert s.peer_shutdown & P.SHUTDOWN_SEND
     s.close()
-    h.pump(lambda: s.state == "closed" and not h.device.conns)
+    h.pump(lambda: s.state == "closed" and not h.muxer.conns)
 
 
 def test_full_close_from_both_sides_waits_for_guest_rst(bench):
@@ -463,7 +463,7 @@ def test_full_close_from_both_sides_waits_for_guest_rst(bench):
     h.pump(lambda: s.peer_shutdown == P.SHUTDOWN_BOTH or s.state == "closed")
     assert s.read() == b"x"
     s.close()                      # the application closes: its SHUTDOWN is answered with RST
-    h.pump(lambda: not h.device.conns and s.state == "closed")
+    h.pump(lambda: not h.muxer.conns and s.state == "closed")
     assert s.reset_received
 
 
@@ -477,9 +477,9 @@ def test_close_timeout_when_guest_never_answers(bench):
     h.pump(lambda: s.peer_shutdown == P.SHUTDOWN_BOTH)
     for _ in range(5):
         h.step()
-    assert h.device.conns and s.state == "connected"
+    assert h.muxer.conns and s.state == "connected"
     h.clock.skip_to(h.clock.now_ns() + 9 * 10**9)
-    h.pump(lambda: not h.device.conns and s.state == "closed")
+    h.pump(lambda: not h.muxer.conns and s.state == "closed")
     assert s.reset_received
 
 
@@ -610,7 +610,7 @@ def test_transport_reset_event(bench):
     h.pump(lambda: s.state == "connected")
     assert h.device.send_transport_reset()
     used = h.guest.evq.get_used()
-    assert len(used) == 1 and used[0][1] == 4 and not h.device.conns
+    assert len(used) == 1 and used[0][1] == 4 and not h.muxer.conns
 
 
 def test_publish_port_in_use_is_a_clear_error():
@@ -636,8 +636,7 @@ def test_publish_before_the_driver_is_up(bench):
     client.start()
     for _ in range(20):
         h.reactor.poll(0.005)
-    assert h.device.conns                               # accepted, REQUEST pending
-    from devices.vsock.guest_driver import VsockGuest
+    assert h.muxer.conns                               # accepted, REQUEST pending
     h.guest = VsockGuest(h.transport, h.ram)            # the driver probes again
     h.guest.listen(5000)
     h.pump(lambda: guest_echo(h) or results)
@@ -656,9 +655,9 @@ def test_close_releases_every_host_socket(bench, tmp_path):
     pending.connect(base)
     for _ in range(5):
         h.step(0.005)
-    assert h.device.helpers and h.reactor._selector.get_map()
+    assert h.muxer.helpers and h.reactor._selector.get_map()
     h.device.close()
-    assert not h.reactor._selector.get_map() and not h.device.helpers
+    assert not h.reactor._selector.get_map() and not h.muxer.helpers
     assert not os.path.exists(base)
     pending.settimeout(5)
     assert pending.recv(1) == b""

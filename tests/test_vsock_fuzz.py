@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from devices.virtio import mmio as M
 from devices.vsock import VsockConfig
 from devices.vsock import packet as P
-from devices.vsock.guest_driver import Harness
+from tests.support.vsock_driver import Harness
 
 CID = 16
 
@@ -113,8 +113,8 @@ def test_tx_header_split_over_descriptors():
         h.ram.write(addr, header)
         g.txq.add([(addr, 10), (addr + 10, 34)], [], None)
         g.driver.kick(1)
-        h.pump(lambda: any(s for s in h.device.conns))
-        assert (9000, 41000) in h.device.conns
+        h.pump(lambda: any(s for s in h.muxer.conns))
+        assert (9000, 41000) in h.muxer.conns
     finally:
         h.close()
 

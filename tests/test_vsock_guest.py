@@ -1,6 +1,7 @@
 """vsock with the real Linux guest (images from `make guest`): the boot heartbeat, host ->
 guest publishing through echo.eif, guest -> parent forwarding with vsock-send, a refused
-parent port, and host sockets closed when the machine stops mid-transfer."""
+parent port, host sockets closed when the machine stops mid-transfer, and the run verb's
+--publish address and --no-heartbeat."""
 from __future__ import annotations
 
 import hashlib
@@ -12,11 +13,12 @@ import threading
 import time
 import zlib
 
-from support.images import guest_image
+import pytest
+
 from devices.vsock import VsockConfig
 from guest import cpio
 from nitro_emu import Machine
-import pytest
+from support.images import guest_image
 
 pytestmark = pytest.mark.guest  # boots real guest images
 
@@ -74,7 +76,7 @@ def test_echo_guest_heartbeat_10mb_and_50_connections(state_dir):
     config.add_publish("127.0.0.1:0:5000")
     machine = make_machine("echo.eif", config, state_dir)
     try:
-        address = machine.vsock.published[0][1]
+        address = machine.vsock.muxer.published[0][1]
         blob = os.urandom(10 * MB)
         small = [os.urandom(20_000 + i) for i in range(50)]
 
@@ -114,7 +116,7 @@ def test_echo_guest_heartbeat_10mb_and_50_connections(state_dir):
             return big, results
 
         result, (big, results) = run_with(machine, client)
-        assert machine.vsock.heartbeats == 1              # init's boot heartbeat answered
+        assert machine.vsock.muxer.heartbeats == 1              # init's boot heartbeat answered
         assert hashlib.sha256(big).digest() == hashlib.sha256(blob).digest()
         assert results == small
     finally:
@@ -162,7 +164,7 @@ def test_guest_send_to_host_refused_port_and_host_to_guest(state_dir, tmp_path):
     config.add_publish("127.0.0.1:0:5001")
     machine = make_machine(eif, config, state_dir)
     try:
-        address = machine.vsock.published[0][1]
+        address = machine.vsock.muxer.published[0][1]
         blob = os.urandom(size)
         outcome = {}
 
@@ -195,7 +197,7 @@ def test_stopping_mid_transfer_closes_host_sockets(state_dir):
     progress = {"echoed": 0}
     reader_done = threading.Event()
     try:
-        address = machine.vsock.published[0][1]
+        address = machine.vsock.muxer.published[0][1]
 
         def client():
             wait_for(machine, b"vsock-echo: listening on port 5000")
@@ -232,3 +234,56 @@ def test_stopping_mid_transfer_closes_host_sockets(state_dir):
     assert reader_done.wait(30), "the host socket stayed open after the machine stopped"
     assert progress["how"] in ("eof", "ConnectionResetError")
     progress["socket"].close()
+
+
+def test_run_verb_prints_published_address_and_can_forward_9000_without_heartbeat(state_dir):
+    """`--publish 127.0.0.1:0:5000` binds a port the user learns from stderr; with
+    `--no-heartbeat`, parent port 9000 may be forwarded and the guest's init skips the
+    heartbeat (it never connects there, and it keeps running)."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    heartbeat_port = socket.socket()
+    heartbeat_port.bind(("127.0.0.1", 0))
+    heartbeat_port.listen(1)
+    heartbeat_port.settimeout(0.1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nitro_emu", str(guest_image("echo.eif")), "--guest-cid", "16",
+         "--no-heartbeat", "--forward", f"9000=tcp:127.0.0.1:{heartbeat_port.getsockname()[1]}",
+         "--publish", "127.0.0.1:0:5000", "--timeout", "600"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent)
+    streams = {"out": bytearray(), "err": bytearray()}
+
+    def collect(name, pipe):
+        while chunk := os.read(pipe.fileno(), 65536):
+            streams[name] += chunk
+
+    readers = [threading.Thread(target=collect, args=(name, pipe), daemon=True)
+               for name, pipe in (("out", process.stdout), ("err", process.stderr))]
+    for reader in readers:
+        reader.start()
+
+    def wait_output(name, pattern, timeout=240):
+        end = time.monotonic() + timeout
+        while not (match := re.search(pattern, bytes(streams[name]))):
+            assert process.poll() is None, bytes(streams["err"]).decode(errors="replace")
+            assert time.monotonic() < end, f"{pattern!r} never came on std{name}"
+            time.sleep(0.05)
+        return match
+
+    try:
+        published = wait_output("err", rb"nitro-emu: published 127\.0\.0\.1:(\d+) -> guest port 5000\n")
+        port = int(published.group(1))
+        assert port != 0
+        wait_output("out", rb"vsock-echo: listening on port 5000")
+        assert echo_client(("127.0.0.1", port), b"via the printed port") == b"via the printed port"
+        with pytest.raises(TimeoutError):
+            heartbeat_port.accept()            # the guest's init skipped the heartbeat
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        process.kill()
+        process.wait()
+        heartbeat_port.close()

@@ -1,4 +1,5 @@
-"""What the parent side (CID 3) offers the guest, and the parsers for the command line.
+"""What the parent side (CID 3) offers the guest, its limits, and the parsers for the
+values of the command line (the options themselves are in nitro_emu/cli/vsock_options.py).
 
 Nothing on the host is reachable from the guest unless it is forwarded here: guest
 connections to an unforwarded parent port are refused with RST.
@@ -12,10 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+from devices.vsock.packet import MAX_PORT
+
 HEARTBEAT_PORT = 9000
 HEARTBEAT_BYTE = 0xB7
-DEFAULT_BUF_ALLOC = 256 * 1024
-MAX_GUEST_PORT = 0xFFFFFFFE      # 0xFFFFFFFF is VMADDR_PORT_ANY
+KIB, MIB = 1 << 10, 1 << 20
+DEFAULT_BUF_ALLOC = 256 * KIB
+MAX_GUEST_PORT = MAX_PORT        # 0xFFFFFFFF is VMADDR_PORT_ANY
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class VsockTarget:
 
 
 Target = Union[TcpTarget, UnixTarget, VsockTarget]
+_HEARTBEAT_TAKEN = (f"parent port {HEARTBEAT_PORT} answers the guest's boot heartbeat, which "
+                    "its init needs; turn the heartbeat off (--no-heartbeat) to forward it")
 
 
 @dataclass(frozen=True)
@@ -63,26 +69,66 @@ class Publish:
 class VsockConfig:
     """The parent side as configured by the command line (see module docstring).
 
-    `on_heartbeat(ok)` is called when the guest's boot heartbeat was echoed (ok=True) or
-    carried a byte other than 0xB7 (ok=False)."""
+    `heartbeat`: answer the guest's boot heartbeat on parent port 9000 (which then cannot
+    be forwarded). `on_heartbeat(ok)` is called when the heartbeat was echoed (ok=True) or
+    carried a byte other than 0xB7 (ok=False).
+
+    Limits (what a guest or a host peer can make the emulator hold; README "Limits"):
+    `max_connections` counts every host socket of the device (open, connecting, still
+    delivering after the guest left, unfinished hybrid handshakes). Host-bound data: each
+    connection may hold `buf_alloc` bytes the guest sent and the host has not read yet (the
+    receive window the guest is told; beyond it the guest is reset). Windows are reserved
+    from `max_host_bound_total`, keeping `min_buf_alloc` for every connection that may still
+    open: once a full window no longer fits, new connections get `min_buf_alloc`. Guest-bound
+    data: reading from a host socket pauses while its connection holds `max_guest_bound`
+    bytes the guest has not taken, or all connections together `max_guest_bound_total`;
+    it resumes as the guest takes them. Nothing is dropped at any of these limits."""
 
     forwards: dict[int, Target] = field(default_factory=dict)
     publishes: list[Publish] = field(default_factory=list)
     uds_path: str | None = None
     heartbeat: bool = True
     buf_alloc: int = DEFAULT_BUF_ALLOC
+    min_buf_alloc: int = 16 * KIB
+    max_host_bound_total: int = 32 * MIB
+    max_guest_bound: int = 256 * KIB
+    max_guest_bound_total: int = 32 * MIB
     connect_timeout_s: float = 10.0
     close_timeout_s: float = 8.0
     max_connections: int = 1024
     on_heartbeat: Callable[[bool], None] | None = None
 
     def add_forward(self, spec: str) -> None:
-        """Parse and add one `--forward` value (ValueError on a bad or duplicate port)."""
+        """Parse and add one `--forward` value (ValueError on a bad or duplicate port, or on
+        the heartbeat's port while the heartbeat is on)."""
         port, target = parse_forward(spec)
         if port in self.forwards:
             raise ValueError(f"--forward {spec}: parent port {port} is already forwarded "
                              f"to {self.forwards[port]}")
+        if port == HEARTBEAT_PORT and self.heartbeat:
+            raise ValueError(f"--forward {spec}: {_HEARTBEAT_TAKEN}")
         self.forwards[port] = target
+
+    def validate(self) -> None:
+        """ValueError (one line) if the settings cannot work together."""
+        if self.heartbeat and HEARTBEAT_PORT in self.forwards:
+            raise ValueError(f"forward of parent port {HEARTBEAT_PORT} to "
+                             f"{self.forwards[HEARTBEAT_PORT]}: {_HEARTBEAT_TAKEN}")
+        for name in ("buf_alloc", "min_buf_alloc", "max_host_bound_total", "max_guest_bound",
+                     "max_guest_bound_total", "max_connections"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"vsock {name} must be a positive number, not {value!r}")
+        if not self.min_buf_alloc <= self.buf_alloc <= 0xFFFFFFFF:
+            raise ValueError(f"vsock buf_alloc {self.buf_alloc} is outside min_buf_alloc "
+                             f"({self.min_buf_alloc}) to 4294967295")
+        if self.max_connections * self.min_buf_alloc > self.max_host_bound_total:
+            raise ValueError(f"vsock max_host_bound_total {self.max_host_bound_total} cannot "
+                             f"give {self.max_connections} connections {self.min_buf_alloc} "
+                             "bytes each")
+        if self.max_guest_bound > self.max_guest_bound_total:
+            raise ValueError(f"vsock max_guest_bound {self.max_guest_bound} exceeds "
+                             f"max_guest_bound_total {self.max_guest_bound_total}")
 
     def add_publish(self, spec: str) -> None:
         """Parse and add one `--publish` value."""
@@ -102,30 +148,8 @@ def config_from_options(forwards: list[str] = (), publishes: list[str] = (),
         config.add_publish(spec)
     if uds_path is not None and (not uds_path or "\0" in uds_path):
         raise ValueError(f"--vsock-uds {uds_path!r}: not a usable socket path")
+    config.validate()
     return config
-
-
-def add_arguments(parser) -> None:
-    """Add --forward, --publish and --vsock-uds to an argparse parser (repeatable)."""
-    parser.add_argument("--forward", action="append", default=[],
-                        metavar="PORT=tcp:HOST:PORT|unix:PATH|vsock:CID:PORT",
-                        help="guest connections to parent port PORT (CID 3) go to this host "
-                             "address; unforwarded ports are refused")
-    parser.add_argument("--publish", action="append", default=[],
-                        metavar="[ADDR:]HOSTPORT:GUESTPORT",
-                        help="listen on host TCP ADDR:HOSTPORT (default 127.0.0.1) and "
-                             "connect each client to the guest's vsock GUESTPORT")
-    parser.add_argument("--vsock-uds", metavar="PATH",
-                        help="Firecracker hybrid vsock: host clients connect to PATH and "
-                             "write 'CONNECT <port>'; guest connections to parent port P "
-                             "go to the Unix socket PATH_P")
-
-
-def config_from_args(args, on_heartbeat: Callable[[bool], None] | None = None,
-                     heartbeat: bool = True) -> VsockConfig:
-    """The VsockConfig for arguments added by `add_arguments` (ValueError if bad)."""
-    return config_from_options(args.forward, args.publish, args.vsock_uds, heartbeat,
-                               on_heartbeat)
 
 
 def _int(text: str, what: str, low: int, high: int, spec: str) -> int:

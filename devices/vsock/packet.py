@@ -43,6 +43,19 @@ CID_LOCAL = 1
 CID_HOST = 2
 CID_PARENT = 3
 CID_ANY = 0xFFFFFFFF
+MIN_GUEST_CID = 4             # 0-3 are reserved (hypervisor, local, host, parent)
+MAX_GUEST_CID = CID_ANY - 1   # 4294967295 is VMADDR_CID_ANY
+PORT_ANY = 0xFFFFFFFF         # VMADDR_PORT_ANY: never a real port
+MAX_PORT = PORT_ANY - 1
+
+
+def check_guest_cid(cid: int) -> int:
+    """`cid` if an enclave may use it as its own CID; ValueError (one line) if not."""
+    if not isinstance(cid, int) or isinstance(cid, bool) \
+            or not MIN_GUEST_CID <= cid <= MAX_GUEST_CID:
+        raise ValueError(f"guest CID {cid!r} is not a valid enclave CID ({MIN_GUEST_CID} to "
+                         f"{MAX_GUEST_CID}; 0-3 are reserved)")
+    return cid
 
 
 class Header(NamedTuple):

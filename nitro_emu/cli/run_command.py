@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from devices.vsock import config as vsock_options
+from nitro_emu.cli import vsock_options
 from nitro_emu.cli.common import ArgumentParser
 from nitro_emu.errors import UsageError
 from nitro_emu.limits import check_memory_mib
@@ -77,7 +77,9 @@ def main(argv: list[str]) -> int:
         raise UsageError(str(error)) from None
     machine = Machine(args.eif, guest_cid=args.guest_cid, memory_mib=args.memory,
                       debug_mode=args.debug_mode, parent_role=args.parent_role,
-                      parent_id=args.parent_id, vsock=vsock)
+                      parent_id=args.parent_id, vsock=vsock, heartbeat=args.heartbeat)
+    for line in vsock_options.published_lines(machine.vsock.muxer.published):
+        print(line, file=sys.stderr)
     previous = signal.signal(signal.SIGINT, lambda *_: machine.stop())
     terminal = _attach_terminal(machine)
     try:

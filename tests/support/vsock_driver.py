@@ -1,4 +1,5 @@
-"""A Python stand-in for the Linux guest's virtio-mmio and virtio-vsock drivers.
+"""A Python stand-in for the Linux guest's virtio-mmio and virtio-vsock drivers (test
+scaffolding, not part of the product).
 
 Tests and benchmarks use it to drive the real transport and device without a booted
 guest: it lays out split rings in `GuestRam`, programs the transport registers in the
@@ -11,14 +12,18 @@ more than the advertised buffer.
 from __future__ import annotations
 
 import struct
+import time
 from collections import deque
 from typing import Callable
 
+from board.clock import VirtualClock
+from board.memory import GuestRam
+from board.reactor import HostReactor
 from devices.virtio import mmio as M
 from devices.virtio.queue import (VIRTIO_F_RING_EVENT_IDX, VIRTIO_F_RING_INDIRECT_DESC,
                                   VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE)
+from devices.vsock import VsockConfig, VsockDevice
 from devices.vsock import packet as P
-from board.memory import GuestRam
 
 _DESC = struct.Struct("<QIHH")
 LINUX_RX_BUF = 3776          # SKB_WITH_OVERHEAD(1024 * 4) on x86_64
@@ -436,20 +441,18 @@ class VsockGuest:
 
 
 class Harness:
-    """A whole device-level test bench: RAM, reactor, clock, VsockDevice behind the MMIO
-    transport, and a VsockGuest driving it. `pump(cond)` runs host I/O, the guest and
-    the clock until `cond()` is true (TimeoutError after `timeout` wall seconds)."""
+    """A whole device-level test bench: RAM, reactor, clock, VsockDevice (with its muxer)
+    behind the MMIO transport, and a VsockGuest driving it. `pump(cond)` runs host I/O, the
+    guest and the clock until `cond()` is true (TimeoutError after `timeout` wall seconds)."""
 
-    def __init__(self, config=None, guest_cid: int = 16, ram_size: int = 64 << 20,
-                 **guest_options) -> None:
-        from devices.vsock.device import VsockDevice
-        from board.clock import VirtualClock
-        from board.reactor import HostReactor
+    def __init__(self, config: VsockConfig | None = None, guest_cid: int = 16,
+                 ram_size: int = 64 << 20, **guest_options) -> None:
         self.ram = GuestRam(ram_size)
         self.reactor = HostReactor()
         self.clock = VirtualClock()
         self.irq = Level()
         self.device = VsockDevice(guest_cid, self.reactor, self.clock, config)
+        self.muxer = self.device.muxer
         self.transport = M.VirtioMmioTransport(self.device, self.ram, self.irq)
         self.guest = VsockGuest(self.transport, self.ram, **guest_options)
 
@@ -461,7 +464,6 @@ class Harness:
         return done
 
     def pump(self, cond: Callable[[], bool], timeout: float = 20.0) -> None:
-        import time
         end = time.monotonic() + timeout
         idle = False
         while not cond():
