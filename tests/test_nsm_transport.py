@@ -11,7 +11,7 @@ import pytest
 from devices.nsm import NsmDevice
 from devices.virtio import mmio as M
 from devices.virtio.device import VIRTIO_F_VERSION_1
-from tests.support.vsock_driver import Allocator, Level, MmioDriver
+from support.vsock_driver import Allocator, Level, MmioDriver
 from nitro_emu.attestation.ca import LocalCA
 from nitro_emu.attestation.factory import create_nsm_device
 from nitro_emu.attestation.verify import verify_document

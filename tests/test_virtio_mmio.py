@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from devices.virtio import mmio as M
 from devices.virtio.device import VirtioDevice
 from devices.virtio.queue import VirtqueueError
-from tests.support.vsock_driver import Allocator, Level, MmioDriver
+from support.vsock_driver import Allocator, Level, MmioDriver
 from board.memory import GuestRam
 
 

@@ -1,4 +1,5 @@
-"""--forward / --publish parsers: good specs parse, bad ones give a one-line ValueError."""
+"""--forward / --publish parsers and the vsock settings: good values pass, bad ones give a
+one-line ValueError (or, from the run verb, one line on stderr)."""
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -7,6 +8,7 @@ from devices.vsock.config import (Publish, TcpTarget, UnixTarget, VsockConfig, V
                                   config_from_options, parse_forward, parse_publish)
 from devices.vsock.packet import (HEADER_SIZE, Header, check_guest_cid, pack_header,
                                   parse_header)
+from support.vsock_driver import Harness
 
 
 @pytest.mark.parametrize("spec, expected", [
@@ -139,6 +141,5 @@ def test_check_guest_cid_refuses_the_rest(cid):
 
 
 def test_device_refuses_a_reserved_cid():
-    from tests.support.vsock_driver import Harness
     with pytest.raises(ValueError, match="not a valid enclave CID"):
         Harness(VsockConfig(), guest_cid=3)

@@ -9,91 +9,16 @@ import pytest
 
 from devices.vsock import VsockConfig
 from devices.vsock import packet as P
-from tests.support.vsock_driver import Harness, VsockGuest
+from support.host_servers import Server, sink, tcp_forward
+from support.vsock_driver import Harness, VsockGuest, harnesses
 
 MB = 1 << 20
 
 
-# -- real host servers ------------------------------------------------------------------
-
-class Server:
-    """A threaded server on a real socket; `handler(conn)` runs per connection."""
-
-    def __init__(self, family=socket.AF_INET, address=("127.0.0.1", 0), handler=None,
-                 kind=socket.SOCK_STREAM):
-        self.sock = socket.socket(family, kind)
-        if family == socket.AF_INET:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(address)
-        self.sock.listen(128)
-        self.address = self.sock.getsockname()
-        self.handler = handler or echo
-        self.results = []
-        self.threads = []
-        self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            t = threading.Thread(target=self._run, args=(conn,), daemon=True)
-            t.start()
-            self.threads.append(t)
-
-    def _run(self, conn):
-        with conn:
-            try:
-                self.results.append(self.handler(conn))
-            except OSError as error:
-                self.results.append(error)
-
-    def join(self, timeout=20):
-        for t in list(self.threads):
-            t.join(timeout)
-
-    def close(self):
-        self.sock.close()
-
-
-def echo(conn):
-    total = 0
-    while data := conn.recv(65536):
-        conn.sendall(data)
-        total += len(data)
-    return total
-
-
-def sink(conn):
-    digest, total = hashlib.sha256(), 0
-    while data := conn.recv(65536):
-        digest.update(data)
-        total += len(data)
-    return total, digest.hexdigest()
-
-
 @pytest.fixture
 def bench():
-    made = []
-
-    def make(config=None, **options):
-        h = Harness(config or VsockConfig(), **options)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
-
-
-def tcp_forward(server, port=7000, **config_options):
-    host, tport = server.address[:2]
-    config = VsockConfig(**config_options)
-    config.add_forward(f"{port}=tcp:{host}:{tport}")
-    return config
+    with harnesses() as make:
+        yield make
 
 
 def guest_transfer(h, sock, data, read_chunk=None):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from devices.virtio import mmio as M
 from devices.vsock import VsockConfig
 from devices.vsock import packet as P
-from tests.support.vsock_driver import Harness
+from support.vsock_driver import Harness
 
 CID = 16
 

@@ -22,7 +22,8 @@ import pytest
 from devices.vsock import VsockConfig
 from devices.vsock import packet as P
 from devices.vsock.limits import BufferBudget
-from tests.support.vsock_driver import Harness
+from support.host_servers import Server, sink, tcp_forward
+from support.vsock_driver import Harness, harnesses
 
 ROOT = Path(__file__).resolve().parent.parent
 KIB, MIB = 1 << 10, 1 << 20
@@ -30,57 +31,8 @@ KIB, MIB = 1 << 10, 1 << 20
 
 @pytest.fixture
 def bench():
-    made = []
-
-    def make(config=None, **options):
-        h = Harness(config or VsockConfig(), **options)
-        made.append(h)
-        return h
-
-    yield make
-    for h in made:
-        h.close()
-
-
-class Server:
-    """A TCP server on 127.0.0.1 running `handler(conn)` per connection on a thread."""
-
-    def __init__(self, handler):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.handler = handler
-        self.results = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn):
-        with conn:
-            try:
-                self.results.append(self.handler(conn))
-            except OSError as error:
-                self.results.append(error)
-
-    def forward(self, port=7000, **config_options):
-        config = VsockConfig(**config_options)
-        config.add_forward(f"{port}=tcp:127.0.0.1:{self.port}")
-        return config
-
-
-def sink(conn):
-    digest, total = hashlib.sha256(), 0
-    while data := conn.recv(65536):
-        digest.update(data)
-        total += len(data)
-    return total, digest.hexdigest()
+    with harnesses() as make:
+        yield make
 
 
 def settle(h, rounds=30):
@@ -111,8 +63,8 @@ def send_over_ram(h, s, length, copies=8):
 
 
 def test_tx_chain_spanning_guest_ram_is_not_gathered(bench):
-    server = Server(sink)
-    h = bench(server.forward(), ram_size=32 * MIB)   # the chain covers 8 x 32 MiB
+    server = Server(handler=sink)
+    h = bench(tcp_forward(server), ram_size=32 * MIB)   # the chain covers 8 x 32 MiB
     s = h.guest.connect(7000)
     h.pump(lambda: s.state == "connected")
     expected = os.urandom(1000)                       # the payload follows the header
@@ -128,8 +80,8 @@ def test_tx_chain_spanning_guest_ram_is_not_gathered(bench):
 
 @pytest.mark.parametrize("length", [P.MAX_PKT_PAYLOAD + 1, 0xFFFFFFFF])
 def test_tx_length_beyond_the_limit_resets_without_gathering(bench, length):
-    server = Server(sink)
-    h = bench(server.forward(), ram_size=32 * MIB)
+    server = Server(handler=sink)
+    h = bench(tcp_forward(server), ram_size=32 * MIB)
     s = h.guest.connect(7000)
     h.pump(lambda: s.state == "connected")
     peak = send_over_ram(h, s, length)
@@ -161,8 +113,8 @@ class Firehose:
 
 def test_a_guest_that_takes_nothing_holds_only_the_per_connection_cap(bench):
     hose = Firehose(32 * MIB)
-    server = Server(hose)
-    h = bench(server.forward())
+    server = Server(handler=hose)
+    h = bench(tcp_forward(server))
     s = h.guest.connect(7000, buf_alloc=0xFFFFFFFF)   # "send me everything"
     h.pump(lambda: s.state == "connected")
     tracemalloc.start()
@@ -192,10 +144,10 @@ def test_a_guest_that_takes_nothing_holds_only_the_per_connection_cap(bench):
 
 def test_guest_bound_total_is_shared_and_nothing_is_lost(bench):
     hoses = [Firehose(2 * MIB) for _ in range(4)]
-    servers = [Server(hose) for hose in hoses]
+    servers = [Server(handler=hose) for hose in hoses]
     config = VsockConfig(max_guest_bound=64 * KIB, max_guest_bound_total=160 * KIB)
     for i, server in enumerate(servers):
-        config.add_forward(f"{7000 + i}=tcp:127.0.0.1:{server.port}")
+        config.add_forward(f"{7000 + i}=tcp:127.0.0.1:{server.address[1]}")
     h = bench(config)
     socks = [h.guest.connect(7000 + i, buf_alloc=0xFFFFFFFF) for i in range(4)]
     h.pump(lambda: all(s.state == "connected" for s in socks))
@@ -245,8 +197,8 @@ def test_config_limits_must_fit_together():
 
 
 def test_small_windows_once_full_ones_no_longer_fit_and_the_limit_holds(bench):
-    server = Server(sink)
-    config = server.forward(max_connections=4, buf_alloc=64 * KIB, min_buf_alloc=16 * KIB,
+    server = Server(handler=sink)
+    config = tcp_forward(server, max_connections=4, buf_alloc=64 * KIB, min_buf_alloc=16 * KIB,
                             max_host_bound_total=128 * KIB)
     h = bench(config)
     socks = [h.guest.connect(7000) for _ in range(5)]

@@ -65,6 +65,7 @@ _pack_header_into = P.HEADER.pack_into
 _NOT_CREDIT_UPDATE = ~Pending.CREDIT_UPDATE
 _NOT_SHUTDOWN = ~Pending.SHUTDOWN
 _HANDSHAKE = Pending.REQUEST | Pending.RESPONSE
+_NO_PENDING = Pending.NONE      # the one object every empty set is (Flag caches it)
 _ESTABLISHED = State.ESTABLISHED
 _CONNECTING_HOST = State.CONNECTING_HOST
 
@@ -113,6 +114,7 @@ class Connection:
         self.to_guest_bytes = 0
         self.read_need = 1          # room needed before the next host read (a whole message)
         self.budget_blocked = False  # set by wanted_events(): only the shared budget stops reads
+        self.credit_blocked = False  # set by wanted_events(): the guest's credit stops reads
         # pending control output
         self.pending = Pending.REQUEST if state is State.CONNECTING_GUEST else Pending.NONE
         self.shutdown_flags = 0     # for the pending SHUTDOWN
@@ -147,12 +149,14 @@ class Connection:
                     self.peer_buf_alloc > (self.tx_cnt - self.peer_fwd_cnt) & 0xFFFFFFFF:
                 return True
             return bool(self.pending & _NOT_SHUTDOWN)   # SHUTDOWN waits behind the data
-        return bool(self.pending)
+        return self.pending is not _NO_PENDING
 
     def wanted_events(self) -> int:
         """The host events this connection can act on now (selectors mask); sets
-        `budget_blocked` when reading waits only for the shared guest-bound budget."""
-        self.budget_blocked = False
+        `budget_blocked` when reading waits only for the shared guest-bound budget, and
+        `credit_blocked` when it waits for the guest's credit (which packets sent to the
+        guest never give back)."""
+        self.budget_blocked = self.credit_blocked = False
         if self.state is not _ESTABLISHED:
             return EVENT_WRITE if (self.to_host or self.state is _CONNECTING_HOST) else 0
         mask = EVENT_WRITE if self.to_host else 0
@@ -161,10 +165,13 @@ class Connection:
         queued = self.to_guest_bytes
         room = (self.peer_buf_alloc - ((self.tx_cnt - self.peer_fwd_cnt) & 0xFFFFFFFF)
                 - queued)                      # the guest's credit not yet spoken for
+        need = self.read_need
+        if room < need:
+            self.credit_blocked = True
+            return mask
         cap = self.max_guest_bound - queued
         if cap < room:
             room = cap
-        need = self.read_need
         if room >= need:
             budget = self.budget
             if budget.guest_bound_limit - budget.guest_bound >= need:
@@ -176,7 +183,7 @@ class Connection:
 
     def _header(self, op: int, length: int = 0, flags: int = 0) -> bytes:
         self.last_fwd_sent = self.fwd_cnt
-        if self.pending:
+        if self.pending is not _NO_PENDING:
             self.pending &= _NOT_CREDIT_UPDATE   # every header carries our credit
         return _pack_header(P.CID_PARENT, self.guest_cid, self.local_port, self.peer_port,
                             length, self.type, op, flags, self.buf_alloc, self.fwd_cnt)
@@ -185,20 +192,20 @@ class Connection:
         """Write the next packet for the guest into `chain` (its writable area holds at
         least a header); returns the used length, or 0 if there is nothing to send now."""
         pending = self.pending
-        if pending and pending & _HANDSHAKE:
+        if pending is not _NO_PENDING and pending & _HANDSHAKE:
             if Pending.REQUEST in pending:
                 self.pending = pending & ~Pending.REQUEST
                 return chain.write(self._header(P.OP_REQUEST))
             self.pending = pending & ~Pending.RESPONSE
             return chain.write(self._header(P.OP_RESPONSE))
         if self.to_guest_bytes:
-            room = self.credit_room()
-            if room:
+            room = self.peer_buf_alloc - ((self.tx_cnt - self.peer_fwd_cnt) & 0xFFFFFFFF)
+            if room > 0:
                 return self._send_data(chain, room)
             if not self.credit_requested:
                 self.credit_requested = True
                 self.pending = pending = pending | Pending.CREDIT_REQUEST
-        if not pending:
+        if pending is _NO_PENDING:
             return 0
         if Pending.CREDIT_REQUEST in pending:
             self.pending = pending & ~Pending.CREDIT_REQUEST
@@ -233,7 +240,7 @@ class Connection:
         if len(buf) >= end:                     # the usual single-descriptor rx buffer
             buf[_PAYLOAD_OFF:end] = memoryview(data)[offset:offset + n]
             self.last_fwd_sent = self.fwd_cnt
-            if self.pending:
+            if self.pending is not _NO_PENDING:
                 self.pending &= _NOT_CREDIT_UPDATE
             _pack_header_into(buf, 0, P.CID_PARENT, self.guest_cid, self.local_port,
                               self.peer_port, n, self.type, P.OP_RW, flags, self.buf_alloc,
@@ -323,7 +330,8 @@ class Connection:
 
     def _credit_check(self) -> None:
         """Queue a CREDIT_UPDATE if the guest's view of our free space is getting low."""
-        if self.fwd_cnt == self.last_fwd_sent or Pending.CREDIT_UPDATE in self.pending:
+        if self.fwd_cnt == self.last_fwd_sent or (
+                self.pending is not _NO_PENDING and Pending.CREDIT_UPDATE in self.pending):
             return
         # Linux sends at most min(our buf_alloc, its own buf_alloc) unacknowledged bytes
         # (virtio_transport_tx_buf_size), so that is the window the guest sees.

@@ -195,11 +195,12 @@ class VsockMuxer:
                 self._settle(entry, before)
             else:
                 # The usual data packet, settled in short: back of the queue if it has more
-                # (round-robin); what it sent can only let it read from the host again.
+                # (round-robin); what it sent can only let it read from the host again,
+                # and not if it waits for the guest's credit.
                 if conn.has_pending_rx():
                     entry.queued = True
                     ready.append(entry)
-                if not entry.events & EVENT_READ:
+                if not entry.events & EVENT_READ and not conn.credit_blocked:
                     self._select_wanted(entry)
             if self.budget.paused:
                 self._resume_paused()

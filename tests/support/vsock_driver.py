@@ -14,7 +14,8 @@ from __future__ import annotations
 import struct
 import time
 from collections import deque
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from board.clock import VirtualClock
 from board.memory import GuestRam
@@ -474,3 +475,20 @@ class Harness:
     def close(self) -> None:
         self.device.close()
         self.reactor.close()
+
+
+@contextmanager
+def harnesses() -> Iterator[Callable[..., Harness]]:
+    """`make(config=None, **options)` builds Harnesses, all closed at the end."""
+    made: list[Harness] = []
+
+    def make(config: VsockConfig | None = None, **options) -> Harness:
+        h = Harness(config or VsockConfig(), **options)
+        made.append(h)
+        return h
+
+    try:
+        yield make
+    finally:
+        for h in made:
+            h.close()
