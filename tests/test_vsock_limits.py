@@ -212,6 +212,26 @@ def test_small_windows_once_full_ones_no_longer_fit_and_the_limit_holds(bench):
     assert small.reset_received and len(h.muxer.conns) == 3
 
 
+def test_publish_clients_beyond_the_limit_are_closed_at_once(bench):
+    config = VsockConfig(max_connections=2)
+    config.add_publish("127.0.0.1:0:5000")
+    h = bench(config)
+    h.guest.listen(5000)
+    address = h.muxer.published[0][1]
+    clients = [socket.create_connection(address, timeout=10) for _ in range(3)]
+    try:
+        h.pump(lambda: len(h.guest.accepted) == 2)
+        for c in clients:
+            c.sendall(b"hi")
+        h.pump(lambda: all(s.rx for s in h.guest.accepted))
+        assert [s.read() for s in h.guest.accepted] == [b"hi", b"hi"]
+        assert clients[2].recv(10) == b""         # the third: accepted and closed
+        assert len(h.muxer.conns) == 2
+    finally:
+        for c in clients:
+            c.close()
+
+
 # -- 3: a listener out of file descriptors ---------------------------------------------
 
 CHILD = r"""

@@ -339,14 +339,15 @@ class VsockMuxer:
         self._wake()
 
     def _resume_paused(self) -> None:
-        """Let connections waiting for the shared guest-bound budget read again."""
-        if self.budget.room() < RESUME_ROOM:
+        """Let connections waiting for the shared guest-bound budget read again once there
+        is room (for a whole message, on SEQPACKET)."""
+        room = self.budget.room()
+        if room < RESUME_ROOM:
             return
-        paused = list(self.budget.paused)
-        self.budget.paused.clear()
-        for entry in paused:
-            if entry.conn.state is not State.CLOSED:
-                self._settle(entry, entry.conn.state)
+        paused = self.budget.paused
+        for entry in [e for e in paused if e.conn.read_need <= room]:
+            paused.discard(entry)
+            self._settle(entry, entry.conn.state)
 
     def _arm_timer(self, entry: _Entry, seconds: float) -> None:
         deadline = self.clock.now_ns() + int(seconds * 1e9)
