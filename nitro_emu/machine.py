@@ -20,7 +20,7 @@ from devices.legacy.uart import Uart16550
 from devices.nsm import NsmDevice
 from devices.virtio.device import VirtioDevice
 from devices.virtio.mmio import VirtioMmioTransport
-from devices.vsock import VsockConfig, VsockDevice
+from devices.vsock import VsockConfig, VsockDevice, check_guest_cid
 from eif import EifImage, read_eif
 from nitro_emu.attestation.factory import create_nsm_device
 from nitro_emu.boot.loader import BootLayout, load_linux
@@ -31,7 +31,6 @@ from nitro_emu.errors import NitroEmuError
 from nitro_emu.limits import check_memory_mib
 from nitro_emu.runloop import RunLoop
 
-MIN_CID, MAX_CID = 4, 4294967294
 COM1_IRQ = 4
 HEARTBEAT_OFF = "nitro_emu.heartbeat=off"
 # The machine's own kernel parameters (appended; they change no PCR). The TSC is the host's
@@ -80,24 +79,24 @@ class Machine:
 
     `console` receives the guest's serial output (a binary stream or a callable taking
     bytes; default: this process's stdout). The transcript is kept in `console_output`.
-    `vsock` configures the parent side (forwarding, publishing; `devices.vsock`);
-    `heartbeat=False` tells the guest's init to skip its boot heartbeat.
+    `vsock` configures the parent side (forwarding, publishing; `devices.vsock`); with its
+    `heartbeat` off the parent does not answer the boot heartbeat and the guest's init is
+    told (on the kernel command line) to skip it.
     """
 
     def __init__(self, eif: str | os.PathLike | EifImage, *, guest_cid: int,
                  memory_mib: int = 512, debug_mode: bool = False,
                  console: BinaryIO | Callable[[bytes], None] | None = None,
-                 vsock: VsockConfig | None = None, heartbeat: bool = True,
+                 vsock: VsockConfig | None = None,
                  parent_role: str | None = None,
                  parent_id: str | None = None, extra_cmdline: str = "",
                  state_dir: str | os.PathLike | None = None) -> None:
-        if not isinstance(guest_cid, int) or not MIN_CID <= guest_cid <= MAX_CID:
-            raise MachineError(f"guest CID {guest_cid} is not a valid enclave CID "
-                               f"({MIN_CID} to {MAX_CID})")
         try:
+            check_guest_cid(guest_cid)
             check_memory_mib(memory_mib)
         except ValueError as error:
             raise MachineError(str(error)) from None
+        vsock = vsock if vsock is not None else VsockConfig()
         self.image = self._read_image(eif)
         self.guest_cid = guest_cid
         self.debug_mode = debug_mode
@@ -111,10 +110,9 @@ class Machine:
         self._wire_cpu()
         self._wire_legacy_devices()
         self.nsm = self._make_nsm(parent_role, parent_id, state_dir)
-        self.vsock = VsockDevice(guest_cid, self.reactor, self.clock,
-                                 vsock if vsock is not None else VsockConfig())
+        self.vsock = VsockDevice(guest_cid, self.reactor, self.clock, vsock)
         self.virtio = self._wire_virtio({"vsock": self.vsock, "nsm": self.nsm})
-        self._load_kernel(heartbeat, extra_cmdline)
+        self._load_kernel(vsock.heartbeat, extra_cmdline)
         self.loop = RunLoop(self.vcpu, self.pic, self.clock, self.reactor,
                             between_slices=self.uart.flush,
                             finished=lambda: self._end is not None,

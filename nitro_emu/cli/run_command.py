@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 
+from devices.vsock.packet import check_guest_cid
 from nitro_emu.cli import vsock_options
 from nitro_emu.cli.common import ArgumentParser
 from nitro_emu.errors import UsageError
@@ -13,15 +14,14 @@ from nitro_emu.limits import check_memory_mib
 
 
 def _cid(text: str) -> int:
-    from nitro_emu.machine import MAX_CID, MIN_CID
     try:
         value = int(text, 0)
     except ValueError:
         raise UsageError(f"--guest-cid: {text!r} is not a number") from None
-    if not MIN_CID <= value <= MAX_CID:
-        raise UsageError(f"--guest-cid: {value} is not a valid enclave CID "
-                         f"({MIN_CID} to {MAX_CID}; 0-3 are reserved)")
-    return value
+    try:
+        return check_guest_cid(value)
+    except ValueError as error:
+        raise UsageError(f"--guest-cid: {error}") from None
 
 
 def _memory(text: str) -> int:
@@ -77,7 +77,7 @@ def main(argv: list[str]) -> int:
         raise UsageError(str(error)) from None
     machine = Machine(args.eif, guest_cid=args.guest_cid, memory_mib=args.memory,
                       debug_mode=args.debug_mode, parent_role=args.parent_role,
-                      parent_id=args.parent_id, vsock=vsock, heartbeat=args.heartbeat)
+                      parent_id=args.parent_id, vsock=vsock)
     for line in vsock_options.published_lines(machine.vsock.muxer.published):
         print(line, file=sys.stderr)
     previous = signal.signal(signal.SIGINT, lambda *_: machine.stop())
