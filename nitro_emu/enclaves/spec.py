@@ -1,0 +1,191 @@
+"""What `run-enclave` was asked for: nitro-cli's `RunEnclavesArgs`, from the command line's
+strings or from a `--config` JSON file, checked as nitro-cli checks them.
+
+Values are parsed the way nitro-cli parses them (`--memory 2G`, `--enclave-cid 0` meaning
+"pick one"), and a bad value is the `NitroCliError` nitro-cli reports (E01, E02, E03,
+E17, E19, E20). Beyond nitro-cli, a spec carries the parent side of the enclave's vsock
+(`forward`, `publish`, `vsock_uds`) and the parent's identity for PCR3/PCR4.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from nitro_emu.enclaves.errors import NitroCliError
+
+U32_MAX = 0xFFFFFFFF
+U64_MAX = 0xFFFFFFFFFFFFFFFF
+PARENT_CID = 3
+CONFIG_FILE_LIMIT = 1 << 20
+_UNSIGNED = re.compile(r"\+?[0-9]+")
+_MEMORY_UNITS = {"": 1, "M": 1, "m": 1, "G": 1024, "g": 1024, "T": 1 << 20, "t": 1 << 20}
+
+
+@dataclass
+class RunSpec:
+    """One `run-enclave` request. `enclave_cid` None (or 0) lets nitro-emu choose one;
+    `cpu_count` and `cpu_ids` exclude each other."""
+
+    eif_path: str
+    memory_mib: int
+    cpu_count: int | None = None
+    cpu_ids: list[int] | None = None
+    enclave_cid: int | None = None
+    debug_mode: bool = False
+    attach_console: bool = False
+    enclave_name: str | None = None
+    forward: list[str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    vsock_uds: str | None = None
+    parent_role: str | None = None
+    parent_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # --attach-console implies debug mode, as in nitro-cli.
+        self.debug_mode = bool(self.debug_mode or self.attach_console)
+        if self.cpu_count is None and self.cpu_ids is None:
+            raise NitroCliError(1, "Give --cpu-count or --cpu-ids (cpu_count or cpu_ids "
+                                   "in a --config file).")
+        if self.cpu_count is not None and self.cpu_ids is not None:
+            raise NitroCliError(2, "`cpu-count` and `cpu-ids` cannot be used together.")
+        if self.cpu_count is not None and self.cpu_count < 1:
+            raise NitroCliError(3, f"`cpu-count` must be at least 1, not {self.cpu_count}.")
+        if self.cpu_ids is not None:
+            check_cpu_ids(self.cpu_ids)
+        if self.enclave_cid == 0:
+            self.enclave_cid = None
+        if self.enclave_cid is not None:
+            check_cid(self.enclave_cid)
+
+    @property
+    def default_name(self) -> str:
+        """The EIF's file name without `.eif`, as nitro-cli names unnamed enclaves."""
+        base = self.eif_path.split("/")[-1]
+        return base.removesuffix(".eif") if base.endswith(".eif") else base
+
+
+# -- values from the command line ------------------------------------------------------
+
+def parse_unsigned(text: str, what: str, maximum: int = U64_MAX) -> int:
+    """A decimal number as Rust's `str::parse::<u64>` reads it; E03 otherwise."""
+    if not _UNSIGNED.fullmatch(text) or int(text) > maximum:
+        raise NitroCliError(3, f"The parameter `{what}` is not a valid integer (`{text}`).")
+    return int(text)
+
+
+def parse_memory(text: str) -> int:
+    """`--memory`: MiB, or a number ending in M, G or T (nitro-cli's units)."""
+    digits = re.match(r"[0-9]*", text).group()
+    unit = text[len(digits):]
+    if not digits:
+        raise NitroCliError(3, f"`memory` argument does not contain a number (`{text}`).")
+    if unit not in _MEMORY_UNITS:
+        raise NitroCliError(3, f"`memory` argument does not contain a valid size indicator "
+                               f"(`{text}`; use M, G or T).")
+    value = int(digits) * _MEMORY_UNITS[unit]
+    if value > U64_MAX:
+        raise NitroCliError(3, f"`memory` argument is too large (`{text}`).")
+    return value
+
+
+def parse_cid(text: str) -> int | None:
+    """`--enclave-cid`: None for 0 (nitro-cli then picks one), else a usable CID."""
+    value = parse_unsigned(text, "enclave-cid")
+    return None if value == 0 else check_cid(value)
+
+
+def check_cid(cid: int) -> int:
+    """A CID an enclave may have: not 0-2 (well-known), not 3 (the parent), and 32-bit."""
+    if cid <= 2 or cid == U32_MAX:
+        raise NitroCliError(3, f"CID {cid} is a well-known CID, not to be used for enclaves.")
+    if cid == PARENT_CID:
+        raise NitroCliError(3, f"CID {cid} is the CID of the parent VM, not to be used for "
+                               "enclaves.")
+    if cid > U32_MAX:
+        raise NitroCliError(3, f"CID {cid} is higher than the maximum supported (u32 max) "
+                               "for a vsock device.")
+    return cid
+
+
+def check_cpu_ids(cpu_ids: list[int]) -> None:
+    """E20 when a CPU is named twice (the rest is free: there is no CPU pool here)."""
+    seen, repeated = set(), []
+    for cpu in cpu_ids:
+        if cpu in seen and cpu not in repeated:
+            repeated.append(cpu)
+        seen.add(cpu)
+    if repeated:
+        raise NitroCliError(20, f"`cpu-ids` contains CPU(s) {', '.join(map(str, repeated))} "
+                                "more than once.")
+
+
+# -- a --config file -----------------------------------------------------------------------
+
+_CONFIG_TYPES = {
+    "eif_path": str, "enclave_cid": int, "memory_mib": int, "cpu_ids": list,
+    "debug_mode": bool, "attach_console": bool, "cpu_count": int, "enclave_name": str,
+    "forward": list, "publish": list, "vsock_uds": str, "parent_role": str,
+    "parent_id": str,
+}
+_CONFIG_REQUIRED = ("eif_path", "memory_mib")
+_CONFIG_LIMITS = {"enclave_cid": U64_MAX, "memory_mib": U64_MAX, "cpu_count": U32_MAX}
+
+
+def read_config(path: str) -> RunSpec:
+    """The RunSpec in a `--config` JSON file (nitro-cli's keys plus forward, publish,
+    vsock_uds, parent_role, parent_id; unknown keys are ignored, as serde does)."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read(CONFIG_FILE_LIMIT + 1)
+    except OSError as error:
+        raise NitroCliError(19, f"File: '{path}', failing operation: 'Open' "
+                                f"({error.strerror or error}).") from None
+    if len(data) > CONFIG_FILE_LIMIT:
+        raise NitroCliError(17, f"Invalid JSON format for config file {path}: larger than "
+                                f"{CONFIG_FILE_LIMIT} bytes.")
+    from eif import jsonfmt
+    try:
+        document = jsonfmt.loads(data)
+    except ValueError as error:
+        raise NitroCliError(17, f"Invalid JSON format for config file {path}: "
+                                f"{error}.") from None
+    return spec_from_config(document, path)
+
+
+def spec_from_config(document: object, where: str = "config") -> RunSpec:
+    """A RunSpec from a parsed config object (E17 for a wrong type, E01 for a missing key)."""
+    def bad(message: str) -> NitroCliError:
+        return NitroCliError(17, f"Invalid JSON format for config file {where}: {message}.")
+
+    if not isinstance(document, dict):
+        raise bad("expected a JSON object")
+    values: dict[str, object] = {}
+    for key, kind in _CONFIG_TYPES.items():
+        value = document.get(key)
+        if value is None:
+            continue
+        if kind is int and (isinstance(value, bool) or not isinstance(value, int)
+                            or not 0 <= value <= _CONFIG_LIMITS[key]):
+            raise bad(f"`{key}` must be an unsigned integer, not {value!r:.40}")
+        if not isinstance(value, kind):
+            raise bad(f"`{key}` must be a {kind.__name__}, not {value!r:.40}")
+        values[key] = value
+    for key in _CONFIG_REQUIRED:
+        if key not in values:
+            raise bad(f"missing field `{key}`")
+    for key, kind in (("cpu_ids", int), ("forward", str), ("publish", str)):
+        items = values.get(key, [])
+        for item in items:
+            if kind is int and (isinstance(item, bool) or not isinstance(item, int)
+                                or not 0 <= item <= U32_MAX):
+                raise bad(f"`{key}` must list unsigned 32-bit integers, not {item!r:.40}")
+            if kind is str and not isinstance(item, str):
+                raise bad(f"`{key}` must list strings, not {item!r:.40}")
+    return RunSpec(**values)
+
+
+def absolute(path: str) -> str:
+    """The path made absolute against the caller's working directory (the enclave
+    process runs elsewhere)."""
+    return os.path.abspath(path)
