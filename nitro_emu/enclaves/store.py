@@ -1,0 +1,272 @@
+"""The enclaves' state directory: `<state dir>/enclaves/`, one subdirectory per enclave.
+
+    enclaves/lock             flock'ed while an enclave is created (CID and name choice)
+    enclaves/<slot>/          0700; <slot> is the hex tail of the enclave ID
+        record.json           what the enclave is (written whole, then renamed into place)
+        alive.lock            flock'ed by the enclave process for as long as it lives
+        control.sock          the enclave process's control socket
+        vsock.sock            its Firecracker hybrid-vsock socket
+        console.log           its serial console (debug mode only), kept after it exits
+        process.log           the enclave process's own stderr
+
+An enclave is alive exactly while its `alive.lock` is locked: the lock dies with the
+process, however it ends (even `kill -9`), and a reused PID cannot fool it. Records of
+enclaves whose lock is free are stale; they are marked exited under the creation lock,
+and the newest KEEP_EXITED of them are kept so `console` still shows their logs.
+
+Everything is private to the user: directories 0700, files 0600.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterator
+
+from nitro_emu.attestation.state import state_dir
+from nitro_emu.enclaves.errors import NitroCliError
+
+SUBDIR = "enclaves"
+RECORD, ALIVE, CONTROL, VSOCK, CONSOLE, PROCESS_LOG = (
+    "record.json", "alive.lock", "control.sock", "vsock.sock", "console.log", "process.log")
+KEEP_EXITED = 32
+RECORD_LIMIT = 1 << 20
+
+STARTING, RUNNING, TERMINATING, EXITED = "STARTING", "RUNNING", "TERMINATING", "EXITED"
+
+
+@dataclass
+class EnclaveRecord:
+    """One enclave as record.json keeps it (the run request, then what became of it)."""
+
+    enclave_id: str
+    slot: str
+    name: str
+    cid: int
+    memory_mib: int
+    debug_mode: bool
+    eif_path: str
+    cpu_ids: list[int] | None = None
+    cpu_count: int | None = None
+    forward: list[str] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    vsock_uds: str = ""
+    parent_role: str | None = None
+    parent_id: str | None = None
+    state: str = STARTING
+    pid: int | None = None
+    created: float = 0.0
+    ended: float | None = None
+    end_reason: str | None = None
+    end_message: str | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> EnclaveRecord:
+        """ValueError if the record is not one this version wrote."""
+        document = json.loads(data)
+        if not isinstance(document, dict):
+            raise ValueError("a record is a JSON object")
+        names = {f.name for f in fields(cls)}
+        record = cls(**{k: v for k, v in document.items() if k in names})
+        if not isinstance(record.cid, int) or not isinstance(record.slot, str) \
+                or not isinstance(record.name, str):
+            raise ValueError("record fields have the wrong types")
+        return record
+
+
+class EnclavePaths:
+    """The files of one enclave's directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.record = directory / RECORD
+        self.alive = directory / ALIVE
+        self.control = directory / CONTROL
+        self.vsock = directory / VSOCK
+        self.console = directory / CONSOLE
+        self.process_log = directory / PROCESS_LOG
+
+
+def _is_slot(name: str) -> bool:
+    return 0 < len(name) <= 16 and all(c in "0123456789abcdef" for c in name)
+
+
+class EnclaveStore:
+    """The user's enclaves directory (`root`, default `<state dir>/enclaves`)."""
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else state_dir() / SUBDIR
+
+    # -- the directory itself -------------------------------------------------------------
+
+    def ensure(self) -> None:
+        """Create the directory (0700) or check that an existing one is ours and private."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            info = os.lstat(self.root)
+        except OSError as error:
+            raise NitroCliError(7, f"Cannot create the enclaves directory {self.root}: "
+                                   f"{error.strerror or error}.") from None
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise NitroCliError(7, f"{self.root} is not a directory of yours: refusing to "
+                                   "keep enclaves there.")
+        if info.st_mode & 0o077:
+            os.chmod(self.root, 0o700)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the creation lock (every CID and name is chosen under it)."""
+        self.ensure()
+        fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def paths(self, slot: str) -> EnclavePaths:
+        if not _is_slot(slot):
+            raise ValueError(f"not an enclave slot: {slot!r}")
+        return EnclavePaths(self.root / slot)
+
+    def slots(self) -> list[str]:
+        try:
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return []
+        except OSError as error:
+            raise NitroCliError(7, f"Cannot read the enclaves directory {self.root}: "
+                                   f"{error.strerror or error}.") from None
+        return sorted(name for name in names if _is_slot(name))
+
+    # -- records ---------------------------------------------------------------------------
+
+    def read(self, slot: str) -> EnclaveRecord | None:
+        """The record of `slot`, or None if there is none (yet) or it is unreadable."""
+        try:
+            with open(self.paths(slot).record, "rb") as file:
+                data = file.read(RECORD_LIMIT)
+            return EnclaveRecord.from_json(data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write(self, record: EnclaveRecord) -> None:
+        """Replace the record in one step (readers see the old or the new one, whole)."""
+        _atomic_write(self.paths(record.slot).record, record.to_json())
+
+    def update(self, slot: str, **changes: object) -> EnclaveRecord | None:
+        """Change some fields of a record, serialised with other updates of the same
+        record by a lock on its directory."""
+        paths = self.paths(slot)
+        try:
+            fd = os.open(paths.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            record = self.read(slot)
+            if record is None:
+                return None
+            for key, value in changes.items():
+                setattr(record, key, value)
+            self.write(record)
+            return record
+        finally:
+            os.close(fd)
+
+    # -- liveness --------------------------------------------------------------------------
+
+    def is_alive(self, slot: str) -> bool:
+        """Whether the enclave process of `slot` still holds its lock."""
+        try:
+            fd = os.open(self.paths(slot).alive, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def live(self) -> list[EnclaveRecord]:
+        """Records of the enclaves whose process is alive, oldest first."""
+        records = []
+        for slot in self.slots():
+            record = self.read(slot)
+            if record is not None and record.state != EXITED and self.is_alive(slot):
+                records.append(record)
+        return sorted(records, key=lambda r: (r.created, r.slot))
+
+    def ended(self) -> list[EnclaveRecord]:
+        """Records of enclaves that are gone (their logs are kept), newest first."""
+        records = []
+        for slot in self.slots():
+            record = self.read(slot)
+            if record is not None and not self.is_alive(slot):
+                records.append(record)
+        return sorted(records, key=lambda r: (r.ended or r.created), reverse=True)
+
+    # -- housekeeping (under the creation lock) -------------------------------------------
+
+    def reap(self) -> None:
+        """Mark enclaves whose process died without saying so as exited, remove their
+        sockets, drop half-created directories and all but the newest KEEP_EXITED logs."""
+        for slot in self.slots():
+            paths = self.paths(slot)
+            if self.is_alive(slot):
+                continue
+            record = self.read(slot)
+            if record is None:
+                shutil.rmtree(paths.directory, ignore_errors=True)
+                continue
+            if record.state != EXITED:
+                self.update(slot, state=EXITED, ended=time.time(), end_reason="killed",
+                            end_message="the enclave process ended without recording why")
+                remove_socket(paths.control)
+                remove_socket(record.vsock_uds)
+        for record in self.ended()[KEEP_EXITED:]:
+            shutil.rmtree(self.paths(record.slot).directory, ignore_errors=True)
+
+
+def remove_socket(path: str | os.PathLike) -> None:
+    """Remove a Unix socket file (never any other kind of file)."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, temporary = tempfile.mkstemp(prefix=".record-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def make_private_dir(path: Path) -> None:
+    """Create one enclave's directory, 0700 (EEXIST is an error: slots are unique)."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        raise NitroCliError(19, f"File: '{path}', failing operation: 'Create' "
+                                f"({error.strerror or error}).") from None
