@@ -1,0 +1,164 @@
+"""Finding, describing and stopping the user's running enclaves (describe-enclaves,
+terminate-enclave, console): each running enclave is asked through its control socket,
+as nitro-cli asks each enclave process through its own socket."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from eif.jsonfmt import Fields
+from nitro_emu.enclaves import json_output
+from nitro_emu.enclaves.allocate import slot_of
+from nitro_emu.enclaves.control import ControlError, request
+from nitro_emu.enclaves.errors import NitroCliError
+from nitro_emu.enclaves.store import EXITED, EnclaveRecord, EnclaveStore, remove_socket
+
+REQUEST_TIMEOUT = 15.0     # a busy host with many enclaves answers slowly
+STOP_GRACE = 15.0          # seconds an enclave gets to stop before it is killed
+ENDING_GRACE = 2.0         # an enclave that stopped answering may be just ending
+
+
+def wait_gone(store: EnclaveStore, slot: str, timeout: float) -> bool:
+    """Wait until the enclave process of `slot` has exited; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while store.is_alive(slot):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def stop_process(store: EnclaveStore, slot: str, pid: int | None,
+                 grace: float = STOP_GRACE) -> bool:
+    """SIGTERM the enclave process (SIGKILL after `grace` seconds); True once it is gone.
+    Signals are only sent while it still holds its lock, so a reused PID is never hit."""
+    for number, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if not store.is_alive(slot):
+            return True
+        if pid is not None:
+            try:
+                os.kill(pid, number)
+            except ProcessLookupError:
+                pass
+        if wait_gone(store, slot, wait):
+            return True
+    return False
+
+
+def _wait_reaped(pid: int | None, timeout: float = 2.0) -> None:
+    """After the process let go of its lock, wait the moment until its parent (init)
+    has reaped it, so that it is gone from the process table when we return."""
+    deadline = time.monotonic() + timeout
+    while pid is not None and time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:      # the PID belongs to someone else now
+            return
+        time.sleep(0.01)
+
+
+# -- finding an enclave ---------------------------------------------------------------------
+
+def find_running(store: EnclaveStore, enclave_id: str | None = None,
+                 name: str | None = None) -> EnclaveRecord:
+    """The running enclave with this ID or name: E11 for an unknown ID (nitro-cli cannot
+    reach its socket), E58 for an unknown or ambiguous name."""
+    record = find(store.live(), enclave_id, name)
+    if record is None:
+        raise not_found(enclave_id, name)
+    return record
+
+
+def find(records: list[EnclaveRecord], enclave_id: str | None,
+         name: str | None) -> EnclaveRecord | None:
+    """The record with this ID (by its slot, as nitro-cli finds the socket) or name."""
+    if enclave_id is not None:
+        slot = slot_of(enclave_id)
+        return next((r for r in records if r.slot == slot), None)
+    matches = [r for r in records if r.name == name]
+    if len(matches) > 1:
+        raise NitroCliError(58, f"More than one enclave is named '{name}'.")
+    return matches[0] if matches else None
+
+
+def find_with_log(store: EnclaveStore, enclave_id: str | None,
+                  name: str | None) -> EnclaveRecord:
+    """The enclave whose console to show: a running one, else the most recent one that
+    has exited with this ID or name (its log is kept). Exited records come back with
+    state EXITED even if the process died without saying so."""
+    record = find(store.live(), enclave_id, name)
+    if record is not None:
+        return record
+    for record in store.ended():          # newest first
+        if (record.slot == slot_of(enclave_id) if enclave_id is not None
+                else record.name == name):
+            record.state = EXITED
+            return record
+    raise not_found(enclave_id, name)
+
+
+def not_found(enclave_id: str | None, name: str | None) -> NitroCliError:
+    if enclave_id is not None:
+        return NitroCliError(11, f"No enclave with ID '{enclave_id}' is running.")
+    return NitroCliError(58, f"No enclave named '{name}' is running.")
+
+
+# -- describe ---------------------------------------------------------------------------------
+
+def describe(store: EnclaveStore, record: EnclaveRecord, metadata: bool) -> Fields | None:
+    """The describe-enclaves element the enclave gives for itself (its NSM's PCRs), or
+    None if it ended meanwhile. ControlError if it is alive but does not answer."""
+    try:
+        answer = request(str(store.paths(record.slot).control), "describe",
+                         REQUEST_TIMEOUT, metadata=metadata)
+    except ControlError:
+        if wait_gone(store, record.slot, ENDING_GRACE):     # it was ending: not an error
+            return None
+        raise
+    try:
+        return json.loads(answer["entry"], object_pairs_hook=Fields)
+    except (KeyError, TypeError, ValueError):
+        raise ControlError(f"enclave {record.enclave_id} gave a malformed description") \
+            from None
+
+
+def describe_all(store: EnclaveStore, metadata: bool) -> tuple[list[Fields], int]:
+    """(descriptions of the running enclaves, oldest first; how many did not answer)."""
+    entries, failed = [], 0
+    for record in store.live():
+        try:
+            entry = describe(store, record, metadata)
+        except ControlError:
+            failed += 1
+            continue
+        if entry is not None:
+            entries.append(entry)
+    return entries, failed
+
+
+# -- terminate --------------------------------------------------------------------------------
+
+def terminate(store: EnclaveStore, record: EnclaveRecord) -> Fields:
+    """Stop one enclave and wait until its process is gone (its sockets closed, its CID
+    free); nitro-cli's EnclaveTerminateInfo. Asks politely through the control socket,
+    then signals."""
+    try:
+        request(str(store.paths(record.slot).control), "terminate", REQUEST_TIMEOUT)
+        gone = wait_gone(store, record.slot, STOP_GRACE)
+    except ControlError:
+        gone = False
+    if not gone and not stop_process(store, record.slot, record.pid):
+        raise NitroCliError(38, f"Enclave {record.enclave_id} (process {record.pid}) did "
+                                "not stop.")
+    _wait_reaped(record.pid)
+    current = store.read(record.slot)
+    if current is not None and current.state != EXITED:     # it was killed: say so
+        store.update(record.slot, state=EXITED, ended=time.time(), end_reason="killed",
+                     end_message="terminated by signal")
+        remove_socket(store.paths(record.slot).control)
+        remove_socket(record.vsock_uds)
+    return json_output.terminate_info(record)
