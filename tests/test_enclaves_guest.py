@@ -18,9 +18,10 @@ import time
 
 import pytest
 
-from conftest import guest_image
 from guest import cpio
 from support.enclave_cli import ROOT, NitroCli, assert_nitro_error, pid_alive
+from support.images import guest_image
+from test_vsock_guest import build_sender_eif
 
 pytestmark = pytest.mark.guest
 
@@ -189,6 +190,9 @@ def test_ten_enclaves_started_at_once(cli):
     started = time.monotonic()
     runs = [cli.popen("run-enclave", "--eif-path", guest_image("echo.eif"), "--cpu-count", "2",
                       "--memory", "128") for _ in range(10)]
+    time.sleep(1.0)                    # while they boot, describe still answers
+    during = cli.json("describe-enclaves")
+    assert {d["State"] for d in during} <= {"STARTING", "RUNNING"}
     outputs = [run.communicate(timeout=900) for run in runs]
     print(f"\nten concurrent run-enclave: {time.monotonic() - started:.1f} s")
     for run, (out, err) in zip(runs, outputs):
@@ -205,20 +209,6 @@ def test_ten_enclaves_started_at_once(cli):
             f"{info['EnclaveName']}\n"
     assert len(cli.json("terminate-enclave", "--all")) == 10
     assert cli.json("describe-enclaves") == []
-
-
-def sender_eif(tmp_path, command: str):
-    """echo.eif with its application replaced by `command`."""
-    from eif.builder import build_eif
-    source = guest_image("echo")
-    entries = [cpio.file("cmd", f"sh\n-c\n{command}\n".encode()) if e.path == "cmd" else e
-               for e in cpio.read_newc((source / "ramdisk-2.cpio").read_bytes())]
-    ramdisk = tmp_path / "ramdisk-2.cpio"
-    ramdisk.write_bytes(cpio.newc_archive(entries))
-    out = tmp_path / "sender.eif"
-    build_eif(out, kernel=source / "bzImage", cmdline=(source / "cmdline").read_text(),
-              ramdisks=[source / "ramdisk-1.cpio", ramdisk], name="sender")
-    return out
 
 
 def free_port() -> int:
@@ -241,7 +231,7 @@ def test_forward_and_publish_on_run_enclave(cli, tmp_path):
 
     thread = threading.Thread(target=sink, daemon=True)
     thread.start()
-    eif = sender_eif(tmp_path, "vsock-send 3 7000 100000; vsock-echo 5000")
+    eif = build_sender_eif(tmp_path, "vsock-send 3 7000 100000; vsock-echo 5000")
     port = free_port()
     config = tmp_path / "enclave.json"
     config.write_text(json.dumps({

@@ -374,6 +374,31 @@ def test_control_server_survives_any_line(tmp_path_factory, line):
         served.close()
 
 
+def test_asking_an_enclave_that_is_still_starting_or_already_gone(tmp_path):
+    from nitro_emu.enclaves.manager import ask
+    store = EnclaveStore(tmp_path / "enclaves")
+    store.ensure()
+    record = make_record(store)
+    holder = hold_alive_lock(store, record)
+    served = []
+
+    def start_serving_late():
+        time.sleep(0.5)                # the enclave process is still importing
+        served.append(Served(store.paths(record.slot).control,
+                             {"describe": lambda r: {"ok": True, "late": True}}))
+
+    thread = threading.Thread(target=start_serving_late)
+    thread.start()
+    try:
+        assert ask(store, record, "describe") == {"ok": True, "late": True}
+    finally:
+        thread.join()
+        served[0].close()
+    holder.kill()
+    holder.wait()
+    assert ask(store, record, "describe") is None          # it has ended: no error
+
+
 # -- console logs, long socket paths ----------------------------------------------------------
 
 def test_console_file_is_capped(tmp_path):

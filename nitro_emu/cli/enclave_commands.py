@@ -123,7 +123,7 @@ def _check_image(spec: RunSpec) -> None:
 
     from eif.errors import EifError
     from eif.reader import read_eif
-    from nitro_emu.machine import MAX_MEMORY_MIB, MIN_MEMORY_MIB
+    from nitro_emu.limits import MAX_MEMORY_MIB, MIN_MEMORY_MIB
 
     try:
         size = os.stat(spec.eif_path).st_size

@@ -109,16 +109,32 @@ def not_found(enclave_id: str | None, name: str | None) -> NitroCliError:
 
 # -- describe ---------------------------------------------------------------------------------
 
+def ask(store: EnclaveStore, record: EnclaveRecord, op: str, **arguments: object
+        ) -> dict | None:
+    """Send a request to an enclave process: its answer, or None if the enclave has
+    ended. An enclave that is still starting (its control socket not bound yet) is waited
+    for; ControlError if it is alive but does not answer."""
+    control = store.paths(record.slot).control
+    deadline = time.monotonic() + REQUEST_TIMEOUT
+    while True:
+        try:
+            return request(str(control), op, REQUEST_TIMEOUT, **arguments)
+        except ControlError:
+            if not control.exists() and store.is_alive(record.slot) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)                 # starting: the socket comes soon
+                continue
+            if wait_gone(store, record.slot, ENDING_GRACE):     # it was ending
+                return None
+            raise
+
+
 def describe(store: EnclaveStore, record: EnclaveRecord, metadata: bool) -> Fields | None:
     """The describe-enclaves element the enclave gives for itself (its NSM's PCRs), or
     None if it ended meanwhile. ControlError if it is alive but does not answer."""
-    try:
-        answer = request(str(store.paths(record.slot).control), "describe",
-                         REQUEST_TIMEOUT, metadata=metadata)
-    except ControlError:
-        if wait_gone(store, record.slot, ENDING_GRACE):     # it was ending: not an error
-            return None
-        raise
+    answer = ask(store, record, "describe", metadata=metadata)
+    if answer is None:
+        return None
     try:
         return json.loads(answer["entry"], object_pairs_hook=Fields)
     except (KeyError, TypeError, ValueError):
@@ -147,14 +163,15 @@ def terminate(store: EnclaveStore, record: EnclaveRecord) -> Fields:
     free); nitro-cli's EnclaveTerminateInfo. Asks politely through the control socket,
     then signals."""
     try:
-        request(str(store.paths(record.slot).control), "terminate", REQUEST_TIMEOUT)
-        gone = wait_gone(store, record.slot, STOP_GRACE)
+        gone = ask(store, record, "terminate") is None or \
+            wait_gone(store, record.slot, STOP_GRACE)
     except ControlError:
         gone = False
-    if not gone and not stop_process(store, record.slot, record.pid):
+    pid = getattr(store.read(record.slot), "pid", None) or record.pid
+    if not gone and not stop_process(store, record.slot, pid):
         raise NitroCliError(38, f"Enclave {record.enclave_id} (process {record.pid}) did "
                                 "not stop.")
-    _wait_reaped(record.pid)
+    _wait_reaped(pid)
     current = store.read(record.slot)
     if current is not None and current.state != EXITED:     # it was killed: say so
         store.update(record.slot, state=EXITED, ended=time.time(), end_reason="killed",

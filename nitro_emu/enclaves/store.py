@@ -105,7 +105,8 @@ class EnclaveStore:
     """The user's enclaves directory (`root`, default `<state dir>/enclaves`)."""
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
-        self.root = Path(root) if root is not None else state_dir() / SUBDIR
+        # Absolute: the enclave process works from / and is handed paths below this.
+        self.root = (Path(root) if root is not None else state_dir() / SUBDIR).absolute()
 
     # -- the directory itself -------------------------------------------------------------
 
