@@ -175,15 +175,21 @@ def test_a_guest_that_cannot_boot_is_e36(cli, tmp_path):
     assert "Kernel panic" in console.stdout
 
 
-def test_a_killed_enclave_is_gone_and_its_cid_reused(cli):
-    run = run_echo(cli, "--enclave-cid", "30", memory="128")
-    os.kill(run["ProcessID"], signal.SIGKILL)
-    assert not pid_alive(run["ProcessID"])
+def test_signalled_and_killed_enclaves_are_gone_and_their_cid_reused(cli):
+    first = run_echo(cli, "--enclave-cid", "30", memory="128")
+    os.kill(first["ProcessID"], signal.SIGTERM)            # a clean stop
+    assert not pid_alive(first["ProcessID"], settle=30)
+    record = json.loads((enclave_dir(cli, first["EnclaveID"]) / "record.json").read_text())
+    assert (record["state"], record["end_message"]) == ("EXITED", "terminated by SIGTERM")
+    assert not (enclave_dir(cli, first["EnclaveID"]) / "vsock.sock").exists()
+    second = run_echo(cli, "--enclave-cid", "30", memory="128")
+    os.kill(second["ProcessID"], signal.SIGKILL)           # no chance to say anything
+    assert not pid_alive(second["ProcessID"])
     assert cli.json("describe-enclaves") == []
-    assert_nitro_error(cli("terminate-enclave", "--enclave-id", run["EnclaveID"]), 11)
-    again = run_echo(cli, "--enclave-cid", "30", memory="128")
-    assert again["EnclaveCID"] == 30 and again["EnclaveName"] == "echo"
-    assert not (enclave_dir(cli, run["EnclaveID"]) / "control.sock").exists()
+    assert_nitro_error(cli("terminate-enclave", "--enclave-id", second["EnclaveID"]), 11)
+    third = run_echo(cli, "--enclave-cid", "30", memory="128")
+    assert third["EnclaveCID"] == 30 and third["EnclaveName"] == "echo"
+    assert not (enclave_dir(cli, second["EnclaveID"]) / "control.sock").exists()   # reaped
 
 
 def test_ten_enclaves_started_at_once(cli):

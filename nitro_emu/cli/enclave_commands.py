@@ -167,7 +167,7 @@ def run_enclave(argv: list[str]) -> int:
               f"{record.memory_mib} MiB, cpu-ids: {json_output.GUEST_CPU_IDS}",
               file=sys.stderr)
 
-    launched = launch(_store(), spec, vsock_uds=spec.vsock_uds, on_started=started)
+    launched = launch(_store(), spec, on_started=started)
     print_json(json_output.run_info(launched.record, launched.pid))
     if spec.attach_console:
         return _attach(launched.record, None)

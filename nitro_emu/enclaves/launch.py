@@ -49,7 +49,7 @@ def boot_timeout() -> float:
     return value
 
 
-def launch(store: EnclaveStore, spec: RunSpec, vsock_uds: str | None = None,
+def launch(store: EnclaveStore, spec: RunSpec,
            on_started: Callable[[EnclaveRecord], None] | None = None,
            timeout: float | None = None) -> Launched:
     """Start the enclave `spec` describes and return once it has booted; NitroCliError
@@ -64,7 +64,7 @@ def launch(store: EnclaveStore, spec: RunSpec, vsock_uds: str | None = None,
                                     else spec.default_name, {r.name for r in running})
         slot = allocate.new_slot(set(store.slots()))
         paths = store.paths(slot)
-        uds = os.path.abspath(vsock_uds or paths.vsock)
+        uds = os.path.abspath(spec.vsock_uds or paths.vsock)
         clash = next((r for r in running if r.vsock_uds == uds), None)
         if clash is not None:
             raise NitroCliError(3, f"--vsock-uds {uds} is already served by enclave "

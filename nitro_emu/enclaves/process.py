@@ -13,7 +13,7 @@ stop (control socket), or it gets SIGTERM/SIGHUP/SIGINT; it records how the encl
 and removes its sockets. The console (debug mode) goes to console.log, which stays.
 
 Once booted, the machine runs in real time: an idle guest sleeps instead of skipping
-ahead through its timers, so a background enclave costs no CPU while it waits.
+ahead through its timers, so a background enclave costs almost no CPU while it waits.
 """
 from __future__ import annotations
 
@@ -51,6 +51,8 @@ class _NullConsole:
 
 
 class EnclaveProcess:
+    """One enclave's life: its machine, its control socket, its record's updates."""
+
     def __init__(self, store: EnclaveStore, slot: str, report_fd: int) -> None:
         self.store = store
         self.slot = slot
@@ -62,6 +64,7 @@ class EnclaveProcess:
         self.terminating = False
         self.stop_signal: int | None = None
         self._pacing: tuple[int, int] | None = None
+        self._console: ConsoleFile | None = None
 
     # -- talking to run-enclave -------------------------------------------------------------
 
@@ -80,6 +83,13 @@ class EnclaveProcess:
         log.error("enclave failed: %s", message)
         self.report("failed", code=code, message=message)
 
+    def note(self, **changes: object) -> None:
+        """Update the record; a full disk is logged, it does not stop the enclave."""
+        try:
+            self.store.update(self.slot, **changes)
+        except OSError as error:
+            log.error("cannot update the enclave's record: %s", error)
+
     # -- the machine ---------------------------------------------------------------------
 
     def build_machine(self, record: EnclaveRecord, vsock_uds: str):
@@ -88,7 +98,9 @@ class EnclaveProcess:
 
         vsock = config_from_options(record.forward, record.publish, vsock_uds,
                                     on_heartbeat=self.on_heartbeat)
-        console = ConsoleFile(self.paths.console) if record.debug_mode else _NullConsole()
+        console = _NullConsole()
+        if record.debug_mode:
+            console = self._console = ConsoleFile(self.paths.console)
         return Machine(record.eif_path, guest_cid=record.cid, memory_mib=record.memory_mib,
                        debug_mode=record.debug_mode, console=console, vsock=vsock,
                        parent_role=record.parent_role, parent_id=record.parent_id,
@@ -102,7 +114,7 @@ class EnclaveProcess:
             self.machine.stop()
             return
         self.booted = True
-        self.store.update(self.slot, state=RUNNING)
+        self.note(state=RUNNING)
         self._run_in_real_time()
         self.report("booted")
 
@@ -140,7 +152,7 @@ class EnclaveProcess:
 
     def terminate(self, request: dict) -> dict:
         self.terminating = True
-        self.store.update(self.slot, state=TERMINATING)
+        self.note(state=TERMINATING)
         self.machine.stop()
         return {"ok": True}
 
@@ -168,6 +180,8 @@ class EnclaveProcess:
             return self._run_machine(control)
         finally:
             control.close()
+            if self._console is not None:
+                self._console.close()
             if self._pacing is not None:
                 for fd in self._pacing:
                     os.close(fd)
@@ -194,9 +208,10 @@ class EnclaveProcess:
             finally:
                 control.close()        # refuse requests at once: the enclave is ending
                 self.machine.close()
-            if result is None:
-                reason, message = "terminated", "terminated before it ran"
-            elif self.terminating:
+            if self.stop_signal is not None:
+                reason = "terminated"
+                message = f"terminated by {signal.Signals(self.stop_signal).name}"
+            elif result is None or self.terminating:
                 reason, message = "terminated", "terminated on request"
             else:
                 reason, message = result.reason, result.message
@@ -210,8 +225,7 @@ class EnclaveProcess:
                 alias.close()
 
     def record_end(self, reason: str, message: str) -> None:
-        self.store.update(self.slot, state=EXITED, ended=time.time(), end_reason=reason,
-                          end_message=message)
+        self.note(state=EXITED, ended=time.time(), end_reason=reason, end_message=message)
         log.info("enclave ended: %s: %s", reason, message)
 
 

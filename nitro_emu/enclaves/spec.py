@@ -8,7 +8,6 @@ E17, E19, E20). Beyond nitro-cli, a spec carries the parent side of the enclave'
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -184,8 +183,3 @@ def spec_from_config(document: object, where: str = "config") -> RunSpec:
                 raise bad(f"`{key}` must list strings, not {item!r:.40}")
     return RunSpec(**values)
 
-
-def absolute(path: str) -> str:
-    """The path made absolute against the caller's working directory (the enclave
-    process runs elsewhere)."""
-    return os.path.abspath(path)
