@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -217,12 +218,6 @@ def test_ten_enclaves_started_at_once(cli):
     assert cli.json("describe-enclaves") == []
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_forward_and_publish_on_run_enclave(cli, tmp_path):
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -238,14 +233,18 @@ def test_forward_and_publish_on_run_enclave(cli, tmp_path):
     thread = threading.Thread(target=sink, daemon=True)
     thread.start()
     eif = build_sender_eif(tmp_path, "vsock-send 3 7000 100000; vsock-echo 5000")
-    port = free_port()
     config = tmp_path / "enclave.json"
     config.write_text(json.dumps({
         "eif_path": str(eif), "memory_mib": 128, "cpu_count": 2, "enclave_name": "fwd",
         "forward": [f"7000=tcp:127.0.0.1:{listener.getsockname()[1]}"],
-        "publish": [f"127.0.0.1:{port}:5000"]}))
-    run = cli.json("run-enclave", "--config", config)
-    assert run["EnclaveName"] == "fwd"
+        "publish": ["127.0.0.1:0:5000"]}))
+    result = cli("run-enclave", "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["EnclaveName"] == "fwd"
+    [published] = [line for line in result.stderr.splitlines() if "published" in line]
+    match = re.fullmatch(r"nitro-emu: published 127\.0\.0\.1:(\d+) -> guest port 5000",
+                         published)
+    port = int(match.group(1))
     thread.join(300)
     assert len(received) == 100000                         # guest -> forwarded parent port
     deadline = time.monotonic() + 120

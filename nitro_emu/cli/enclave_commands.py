@@ -10,8 +10,9 @@ import argparse
 import sys
 from typing import NoReturn
 
-from devices.vsock import config as vsock_options
+from devices.vsock.config import config_from_options
 from eif import jsonfmt
+from nitro_emu.cli import vsock_options
 from nitro_emu.enclaves.errors import NitroCliError, NitroCliUsageError
 from nitro_emu.enclaves.spec import (RunSpec, parse_cid, parse_memory, parse_unsigned,
                                      read_config, U32_MAX)
@@ -82,6 +83,9 @@ def _run_parser() -> NitroCliParser:
 
 
 def _run_spec(args: argparse.Namespace) -> RunSpec:
+    if not args.heartbeat:
+        raise NitroCliUsageError("the argument '--no-heartbeat' cannot be used with "
+                                 "run-enclave: it returns when the boot heartbeat arrives")
     if args.config is not None:
         given = [f for f in RUN_FLAGS if getattr(args, f) not in (None, False, [])]
         if given:
@@ -149,7 +153,7 @@ def _check_image(spec: RunSpec) -> None:
         raise NitroCliError(35, f"{spec.eif_path} is an {image.arch} EIF; the emulated "
                                 "enclave is x86_64.")
     try:
-        vsock_options.config_from_options(spec.forward, spec.publish, spec.vsock_uds)
+        config_from_options(spec.forward, spec.publish, spec.vsock_uds)
     except ValueError as error:
         raise NitroCliError(3, f"{error}.") from None
 
@@ -168,6 +172,8 @@ def run_enclave(argv: list[str]) -> int:
               file=sys.stderr)
 
     launched = launch(_store(), spec, on_started=started)
+    for line in vsock_options.published_lines(launched.published):
+        print(line, file=sys.stderr)
     print_json(json_output.run_info(launched.record, launched.pid))
     if spec.attach_console:
         return _attach(launched.record, None)

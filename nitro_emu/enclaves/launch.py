@@ -15,10 +15,11 @@ import select
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import nitro_emu
+from devices.vsock.config import Publish
 from nitro_emu.enclaves import allocate
 from nitro_emu.enclaves.errors import CODES, NitroCliError
 from nitro_emu.enclaves.manager import stop_process, wait_gone
@@ -32,8 +33,11 @@ PROCESS_MODULE = "nitro_emu.enclaves.process"
 
 @dataclass
 class Launched:
+    """A booted enclave: its record, its process, and where each --publish listens."""
+
     record: EnclaveRecord
     pid: int
+    published: list[tuple[Publish, tuple[str, int]]] = field(default_factory=list)
 
 
 def boot_timeout() -> float:
@@ -98,8 +102,10 @@ def launch(store: EnclaveStore, spec: RunSpec,
                                        f"{error.strerror or error}.") from None
             raise
         os.close(lock_fd)     # the enclave process holds the lock from here on
-    pid = _wait_for_boot(store, record, read_fd, timeout, on_started)
-    return Launched(record, pid)
+    booted = _wait_for_boot(store, record, read_fd, timeout, on_started)
+    published = [(Publish(*entry[:3]), (entry[3], entry[4]))
+                 for entry in booted.get("published", [])]
+    return Launched(record, booted["pid"], published)
 
 
 def _process_argv(directory, report_fd: int, lock_fd: int) -> list[str]:
@@ -153,8 +159,9 @@ def _spawn_detached(argv: list[str], keep_fds: tuple[int, ...], log_path: str) -
 
 def _wait_for_boot(store: EnclaveStore, record: EnclaveRecord, read_fd: int,
                    timeout: float, on_started: Callable[[EnclaveRecord], None] | None
-                   ) -> int:
-    """Follow the enclave process's reports until the guest booted (its PID) or failed."""
+                   ) -> dict:
+    """Follow the enclave process's reports until the guest booted (the report, with the
+    PID) or failed."""
     reports = _Reports(read_fd)
     deadline = time.monotonic() + timeout
     try:
@@ -166,7 +173,7 @@ def _wait_for_boot(store: EnclaveStore, record: EnclaveRecord, read_fd: int,
             if kind == "started" and on_started is not None:
                 on_started(record)
             elif kind == "booted":
-                return reports.pid
+                return {**event, "pid": reports.pid}
             elif kind == "failed":
                 wait_gone(store, record.slot, 30.0)
                 raise NitroCliError(_code(event.get("code")), str(event.get("message")))

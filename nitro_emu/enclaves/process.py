@@ -116,7 +116,9 @@ class EnclaveProcess:
         self.booted = True
         self.note(state=RUNNING)
         self._run_in_real_time()
-        self.report("booted")
+        published = [[p.host_addr, p.host_port, p.guest_port, *address[:2]]
+                     for p, address in self.machine.vsock.muxer.published]
+        self.report("booted", published=published)
 
     def _run_in_real_time(self) -> None:
         """Register a descriptor that never becomes ready: to the run loop that is a host
