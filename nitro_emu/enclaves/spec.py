@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from devices.vsock import check_guest_cid
 from nitro_emu.enclaves.errors import NitroCliError
 
 U32_MAX = 0xFFFFFFFF
@@ -95,16 +96,19 @@ def parse_cid(text: str) -> int | None:
 
 
 def check_cid(cid: int) -> int:
-    """A CID an enclave may have: not 0-2 (well-known), not 3 (the parent), and 32-bit."""
+    """A CID an enclave may have (the machine's own check), refused in nitro-cli's words:
+    0-2 and 4294967295 are well-known, 3 is the parent's, more needs 64 bits."""
+    try:
+        return check_guest_cid(cid)
+    except ValueError:
+        pass
     if cid <= 2 or cid == U32_MAX:
         raise NitroCliError(3, f"CID {cid} is a well-known CID, not to be used for enclaves.")
     if cid == PARENT_CID:
         raise NitroCliError(3, f"CID {cid} is the CID of the parent VM, not to be used for "
                                "enclaves.")
-    if cid > U32_MAX:
-        raise NitroCliError(3, f"CID {cid} is higher than the maximum supported (u32 max) "
-                               "for a vsock device.")
-    return cid
+    raise NitroCliError(3, f"CID {cid} is higher than the maximum supported (u32 max) "
+                           "for a vsock device.")
 
 
 def check_cpu_ids(cpu_ids: list[int]) -> None:
