@@ -399,6 +399,19 @@ def test_asking_an_enclave_that_is_still_starting_or_already_gone(tmp_path):
     assert ask(store, record, "describe") is None          # it has ended: no error
 
 
+def test_an_exited_process_is_gone_even_before_it_is_reaped():
+    from nitro_emu.enclaves.manager import process_exists
+    assert process_exists(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while process_exists(child.pid):         # exits, and stays a zombie until waited for
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(child.pid, 0)                    # still in the process table
+    child.wait()
+    assert not process_exists(child.pid)
+
+
 # -- console logs, long socket paths ----------------------------------------------------------
 
 def test_console_file_is_capped(tmp_path):

@@ -47,18 +47,22 @@ def stop_process(store: EnclaveStore, slot: str, pid: int | None,
     return False
 
 
-def _wait_reaped(pid: int | None, timeout: float = 2.0) -> None:
-    """After the process let go of its lock, wait the moment until its parent (init)
-    has reaped it, so that it is gone from the process table when we return."""
+def _wait_exited(pid: int | None, timeout: float = 2.0) -> None:
+    """After the process let go of its lock, wait the moment until it has exited (a
+    zombie awaiting its parent, init, counts as exited), so it is gone when we return."""
     deadline = time.monotonic() + timeout
-    while pid is not None and time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:      # the PID belongs to someone else now
-            return
+    while pid is not None and time.monotonic() < deadline and process_exists(pid):
         time.sleep(0.01)
+
+
+def process_exists(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited (zombies have)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            state = file.read().rsplit(b")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 # -- finding an enclave ---------------------------------------------------------------------
@@ -171,7 +175,7 @@ def terminate(store: EnclaveStore, record: EnclaveRecord) -> Fields:
     if not gone and not stop_process(store, record.slot, pid):
         raise NitroCliError(38, f"Enclave {record.enclave_id} (process {record.pid}) did "
                                 "not stop.")
-    _wait_reaped(pid)
+    _wait_exited(pid)
     current = store.read(record.slot)
     if current is not None and current.state != EXITED:     # it was killed: say so
         store.update(record.slot, state=EXITED, ended=time.time(), end_reason="killed",

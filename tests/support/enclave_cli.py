@@ -61,16 +61,15 @@ class NitroCli:
 
 
 def pid_alive(pid: int, settle: float = 2.0) -> bool:
-    """Whether `pid` exists (allowing `settle` seconds for init to reap an exited one)."""
+    """Whether process `pid` is running (not exited, not a zombie), allowing `settle`
+    seconds for it to finish exiting."""
+    from nitro_emu.enclaves.manager import process_exists
     deadline = time.monotonic() + settle
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
+    while process_exists(pid):
         if time.monotonic() > deadline:
             return True
         time.sleep(0.02)
+    return False
 
 
 def assert_nitro_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
