@@ -58,11 +58,15 @@ class VirtualClock:
 
     def skip_to(self, deadline_ns: int) -> int:
         """Jump virtual time forward to `deadline_ns` (never back); returns ns skipped."""
-        gap = deadline_ns - self.now_ns()
-        if gap > 0:
-            self._skipped_ns += gap
-            return gap
-        return 0
+        return self.skip(deadline_ns - self.now_ns())
+
+    def skip(self, nanoseconds: int) -> int:
+        """Move virtual time forward by `nanoseconds` without host time passing (nothing
+        for zero or less); returns the nanoseconds skipped."""
+        if nanoseconds <= 0:
+            return 0
+        self._skipped_ns += nanoseconds
+        return nanoseconds
 
     def fire_due(self) -> int:
         """Run every timer whose deadline has passed; returns how many ran."""

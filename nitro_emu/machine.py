@@ -206,6 +206,7 @@ class Machine:
         result.seconds = time.monotonic() - started
         result.stats = dict(self.vcpu.counters, slices=self.loop.stats.slices,
                             halts=self.loop.stats.halts,
+                            idle_rounds=self.loop.stats.idle_rounds,
                             skipped_ms=self.loop.stats.skipped_ns // 1_000_000)
         return result
 

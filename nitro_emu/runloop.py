@@ -16,12 +16,18 @@ MAX_SLICE_NS = 20_000_000
 # A halted guest whose timers fire for this long without raising an interrupt it takes
 # (everything masked) can never wake up.
 MAX_SILENT_IDLE_NS = 600 * 1_000_000_000
+# How far idle skipping may carry guest time ahead of the host's, in all. Enough for the
+# waits of a boot (a few ms) and of short guest sleeps in tests; past it an idle guest
+# waits in real time, so an enclave left idle costs no CPU and its clock stays honest
+# (a `sleep 1` loop runs once a second, not hundreds of times).
+MAX_IDLE_LEAD_NS = 5 * 1_000_000_000
 
 
 @dataclass
 class LoopStats:
     slices: int = 0
     halts: int = 0
+    idle_rounds: int = 0    # passes of the idle wait: timers, host I/O, skips
     skipped_ns: int = 0
 
 
@@ -87,13 +93,14 @@ class RunLoop:
         """HLT with interrupts on: wait for the next timer, a device, or host I/O.
 
         While no host conversation is in progress (`idle_skip_allowed`), virtual time jumps
-        straight to the next timer deadline; otherwise the loop waits for host I/O in real
-        time until the deadline comes. A guest with nothing that could ever wake it (no
+        straight to the next timer deadline, up to MAX_IDLE_LEAD_NS ahead of host time in
+        all; otherwise the loop waits for host I/O in real time until the deadline comes. A guest with nothing that could ever wake it (no
         timer, no host I/O, or timers firing for ten minutes with every interrupt masked)
         makes no progress."""
         clock, reactor, pic = self._clock, self._reactor, self._pic
         idle_since = clock.now_ns()
         while not pic.has_interrupt() and not self._finished():
+            self.stats.idle_rounds += 1
             clock.fire_due()
             if pic.has_interrupt():
                 return None
@@ -106,8 +113,10 @@ class RunLoop:
             silent_too_long = deadline is not None and deadline - idle_since > MAX_SILENT_IDLE_NS
             if reactor.is_empty() and (deadline is None or silent_too_long):
                 return "no-progress"
-            if self._idle_skip_allowed() and deadline is not None and not silent_too_long:
-                skipped = clock.skip_to(deadline)
+            lead_left = MAX_IDLE_LEAD_NS - clock.skipped_ns
+            if self._idle_skip_allowed() and deadline is not None and not silent_too_long \
+                    and lead_left > 0:
+                skipped = clock.skip(min(deadline - clock.now_ns(), lead_left))
                 self.stats.skipped_ns += skipped
                 self._vcpu.advance_tsc(skipped)
                 continue

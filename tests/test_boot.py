@@ -7,6 +7,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,30 @@ def test_the_shell_image_takes_console_input_from_stdin(state_dir) -> None:
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.mark.guest
+def test_an_idle_guest_skips_ahead_only_a_few_seconds_then_runs_in_real_time(state_dir) -> None:
+    """Idle skipping is capped (runloop.MAX_IDLE_LEAD_NS): an enclave left idle must not
+    race its clock ahead of the host's, nor spin on ever smaller skips at the cap."""
+    import io
+    import threading
+
+    from nitro_emu import Machine
+    from nitro_emu.runloop import MAX_IDLE_LEAD_NS
+
+    machine = Machine(guest_image("echo.eif"), guest_cid=16, state_dir=state_dir,
+                      console=io.BytesIO())
+    threading.Timer(8, machine.stop).start()
+    started = time.monotonic()
+    try:
+        result = machine.run(timeout=120)
+    finally:
+        machine.close()
+    wall_ns = (time.monotonic() - started) * 1e9
+    assert result.reason == "stopped"
+    assert machine.clock.skipped_ns == MAX_IDLE_LEAD_NS
+    assert machine.clock.now_ns() <= wall_ns + MAX_IDLE_LEAD_NS + 1e9
+    # At the cap the loop waits for the guest's timers: a few idle rounds per timer, not
+    # the hundreds of thousands a loop spinning on ever smaller skips makes.
+    assert result.stats["idle_rounds"] < 20_000, result.stats

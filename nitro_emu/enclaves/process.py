@@ -12,15 +12,14 @@ The process then runs the machine until the guest ends, `terminate-enclave` asks
 stop (control socket), or it gets SIGTERM/SIGHUP/SIGINT; it records how the enclave ended
 and removes its sockets. The console (debug mode) goes to console.log, which stays.
 
-Once booted, the machine runs in real time: an idle guest sleeps instead of skipping
-ahead through its timers, so a background enclave costs almost no CPU while it waits.
+An idle background enclave costs almost no CPU: the run loop skips idle guest time only
+up to a few seconds ahead of host time (nitro_emu/runloop.py), then waits in real time.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import selectors
 import signal
 import sys
 import time
@@ -63,7 +62,6 @@ class EnclaveProcess:
         self.booted = False
         self.terminating = False
         self.stop_signal: int | None = None
-        self._pacing: tuple[int, int] | None = None
         self._console: ConsoleFile | None = None
 
     # -- talking to run-enclave -------------------------------------------------------------
@@ -115,18 +113,9 @@ class EnclaveProcess:
             return
         self.booted = True
         self.note(state=RUNNING)
-        self._run_in_real_time()
         published = [[p.host_addr, p.host_port, p.guest_port, *address[:2]]
                      for p, address in self.machine.vsock.muxer.published]
         self.report("booted", published=published)
-
-    def _run_in_real_time(self) -> None:
-        """Register a descriptor that never becomes ready: to the run loop that is a host
-        conversation in progress, so an idle guest waits for its next timer in real time
-        instead of skipping ahead (which keeps a CPU busy and races the guest's clock)."""
-        read_end, write_end = os.pipe()
-        self._pacing = (read_end, write_end)
-        self.machine.reactor.register(read_end, selectors.EVENT_READ, lambda mask: None)
 
     # -- control requests ------------------------------------------------------------------
 
@@ -184,9 +173,6 @@ class EnclaveProcess:
             control.close()
             if self._console is not None:
                 self._console.close()
-            if self._pacing is not None:
-                for fd in self._pacing:
-                    os.close(fd)
 
     def _run_machine(self, control: ControlServer) -> int:
         from nitro_emu.enclaves import sockaddr
