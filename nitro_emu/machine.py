@@ -81,7 +81,8 @@ class Machine:
     bytes; default: this process's stdout). The transcript is kept in `console_output`.
     `vsock` configures the parent side (forwarding, publishing; `devices.vsock`); with its
     `heartbeat` off the parent does not answer the boot heartbeat and the guest's init is
-    told (on the kernel command line) to skip it.
+    told (on the kernel command line) to skip it. `module_id` is the NSM's module id (the
+    enclave ID on Nitro; random in that shape by default).
     """
 
     def __init__(self, eif: str | os.PathLike | EifImage, *, guest_cid: int,
@@ -90,7 +91,8 @@ class Machine:
                  vsock: VsockConfig | None = None,
                  parent_role: str | None = None,
                  parent_id: str | None = None, extra_cmdline: str = "",
-                 state_dir: str | os.PathLike | None = None) -> None:
+                 state_dir: str | os.PathLike | None = None,
+                 module_id: str | None = None) -> None:
         try:
             check_guest_cid(guest_cid)
             check_memory_mib(memory_mib)
@@ -109,7 +111,7 @@ class Machine:
         self.ports = PortBus()
         self._wire_cpu()
         self._wire_legacy_devices()
-        self.nsm = self._make_nsm(parent_role, parent_id, state_dir)
+        self.nsm = self._make_nsm(parent_role, parent_id, state_dir, module_id)
         self.vsock = VsockDevice(guest_cid, self.reactor, self.clock, vsock)
         self.virtio = self._wire_virtio({"vsock": self.vsock, "nsm": self.nsm})
         self._load_kernel(vsock.heartbeat, extra_cmdline)
@@ -149,12 +151,12 @@ class Machine:
             self.ports.claim(device.ports, device)
 
     def _make_nsm(self, parent_role: str | None, parent_id: str | None,
-                  state_dir: str | os.PathLike | None) -> NsmDevice:
+                  state_dir: str | os.PathLike | None, module_id: str | None) -> NsmDevice:
         measurements = self.image.measurements
         return create_nsm_device(
             pcr0=measurements.pcr0, pcr1=measurements.pcr1, pcr2=measurements.pcr2,
             pcr8=measurements.pcr8, parent_role=parent_role, parent_id=parent_id,
-            debug_mode=self.debug_mode, state_dir=state_dir)
+            debug_mode=self.debug_mode, state_dir=state_dir, module_id=module_id)
 
     def _wire_virtio(self, devices: dict[str, VirtioDevice]) -> dict[str, VirtioMmioTransport]:
         """Each virtio device behind its own MMIO transport, in its named slot."""

@@ -159,6 +159,22 @@ def test_a_guest_that_ends_keeps_its_console(cli):
     assert "has exited (reset)" in later.stderr
 
 
+
+def test_the_enclave_id_is_the_module_id_its_nsm_attests(cli):
+    """On Nitro the enclave ID nitro-cli prints is the NSM's module_id in every document."""
+    import base64
+
+    import cbor2
+
+    result = cli("run-enclave", "--eif-path", guest_image("attest.eif"), "--cpu-count", "1",
+                 "--memory", "128", "--attach-console")
+    assert result.returncode == 0, result.stderr
+    run, end = json.JSONDecoder().raw_decode(result.stdout)
+    document = re.search(r"-----BEGIN ATTESTATION DOCUMENT-----\s*(.*?)\s*-----END",
+                         result.stdout[end:], re.S).group(1)
+    payload = cbor2.loads(cbor2.loads(base64.b64decode("".join(document.split())))[2])
+    assert payload["module_id"] == run["EnclaveID"]
+
 def test_a_guest_that_cannot_boot_is_e36(cli, tmp_path):
     from eif.builder import build_eif
     source = guest_image("echo")

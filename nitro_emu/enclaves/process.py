@@ -102,7 +102,7 @@ class EnclaveProcess:
         return Machine(record.eif_path, guest_cid=record.cid, memory_mib=record.memory_mib,
                        debug_mode=record.debug_mode, console=console, vsock=vsock,
                        parent_role=record.parent_role, parent_id=record.parent_id,
-                       state_dir=self.store.root.parent)
+                       state_dir=self.store.root.parent, module_id=record.enclave_id)
 
     def on_heartbeat(self, ok: bool) -> None:
         if self.booted:
