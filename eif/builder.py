@@ -63,7 +63,7 @@ def build_eif(output: str | os.PathLike, *, kernel: str | os.PathLike, cmdline: 
     if len(ramdisks) > MAX_RAMDISKS - signed:
         raise EifError(f"{len(ramdisks)} ramdisks: an EIF holds at most "
                        f"{MAX_RAMDISKS - signed}{' when signed' if signed else ''}")
-    signer = _load_signer(signing_certificate, private_key) if signed else None
+    signer = load_signer(signing_certificate, private_key) if signed else None
 
     identity = Metadata(
         image_name=name if name is not None else os.path.basename(os.fspath(kernel)),
@@ -92,7 +92,7 @@ def build_eif(output: str | os.PathLike, *, kernel: str | os.PathLike, cmdline: 
             file.close()
 
 
-def _load_signer(certificate_path: str | os.PathLike, key_path: str | os.PathLike
+def load_signer(certificate_path: str | os.PathLike, key_path: str | os.PathLike
                  ) -> tuple[bytes, object]:
     from cryptography.hazmat.primitives import serialization
 

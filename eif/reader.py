@@ -97,7 +97,7 @@ class EifImage:
         return (f"EifImage({self.path!r}, v{self.version}, {self.arch}, "
                 f"{len(self.sections)} sections, crc_ok={self.crc_ok})")
 
-    def _open_unchanged(self) -> BinaryIO:
+    def open_unchanged(self) -> BinaryIO:
         try:
             descriptor = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as error:
@@ -109,7 +109,7 @@ class EifImage:
 
     def read_kernel(self) -> bytes:
         """The kernel section's data (bzImage or arm64 Image)."""
-        with self._open_unchanged() as file:
+        with self.open_unchanged() as file:
             return _read_exact(file, self.kernel_section.offset, self.kernel_section.size,
                                self.path)
 
@@ -126,7 +126,7 @@ class EifImage:
         if len(target) < total:
             raise EifError(f"{self.path}: ramdisks need {total} bytes, target has {len(target)}")
         position = 0
-        with self._open_unchanged() as file:
+        with self.open_unchanged() as file:
             for section in self.ramdisk_sections:
                 file.seek(section.offset)
                 end = position + section.size

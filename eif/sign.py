@@ -12,7 +12,7 @@ import zlib
 from typing import BinaryIO
 
 from eif import layout
-from eif.builder import _load_signer
+from eif.builder import load_signer
 from eif.errors import EifError
 from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
 from eif.pcr import Measurements
@@ -36,7 +36,7 @@ def sign_eif(path: str | os.PathLike, signing_certificate: str | os.PathLike,
         raise EifError(f"{path}: an EIF of version {image.version} cannot hold a signature "
                        f"(version {FIRST_SIGNED_VERSION} and later can)")
     try:
-        pem, key = _load_signer(signing_certificate, private_key)
+        pem, key = load_signer(signing_certificate, private_key)
         signature = sign_pcr0(image.measurements.pcr0, pem, key)
     except EifError as error:
         raise SigningError(str(error)) from None
@@ -44,7 +44,7 @@ def sign_eif(path: str | os.PathLike, signing_certificate: str | os.PathLike,
     descriptor, temporary = tempfile.mkstemp(prefix=".eif-", dir=os.path.dirname(
         os.path.abspath(path)))
     try:
-        with os.fdopen(descriptor, "wb") as out, image._open_unchanged() as source:
+        with os.fdopen(descriptor, "wb") as out, image.open_unchanged() as source:
             _rewrite(image, source, out, signature)
         os.chmod(temporary, mode)
         os.replace(temporary, path)
