@@ -53,3 +53,22 @@ def test_lower_layers_import_nothing_above_them() -> None:
     device_uses_of_eif = {t for m, ts in EDGES.items() if m.startswith("devices")
                           for t in ts if t.startswith("eif")}
     assert device_uses_of_eif <= {"eif", "eif.errors", "eif.pcr"}
+
+
+def test_no_module_uses_another_modules_private_names() -> None:
+    modules = project_modules()
+    offences = []
+    for module, path in modules.items():
+        project_names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and \
+                    node.module.split(".")[0] in {"board", "devices", "eif", "nitro_emu"}:
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        offences.append(f"{module}:{node.lineno} imports {alias.name}")
+                    project_names.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id in project_names and node.attr.startswith("_") \
+                    and not node.attr.startswith("__"):
+                offences.append(f"{module}:{node.lineno} reads {node.value.id}.{node.attr}")
+    assert offences == []
