@@ -446,3 +446,158 @@ class ExecInterruptRoute:
 
     def close(self) -> None:
         _exec_interrupt_handlers.pop(self._cpu, None)
+
+
+# -- debugging: QEMU's breakpoints and single-stepping ------------------------------------
+# In QEMU 5's CPUState, singlestep_enabled follows interrupt_request; in its CPUClass,
+# debug_excp_handler sits three pointers before cpu_exec_interrupt (hw/core/cpu.h).
+SINGLESTEP_OFFSET = INTERRUPT_REQUEST_OFFSET + 4
+DEBUG_EXCP_HANDLER_FROM_EXEC_INTERRUPT = -3 * 8
+SSTEP_ENABLE, SSTEP_NOIRQ = 0x1, 0x2
+BP_GDB = 0x10
+
+_DEBUG_EXCP = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_debug_handlers: dict[int, Callable[[], None]] = {}
+
+
+def _dispatch_debug_exception(cpu: int) -> None:
+    handler = _debug_handlers.get(cpu)
+    if handler is not None:
+        handler()
+
+
+_DEBUG_DISPATCH = _DEBUG_EXCP(_dispatch_debug_exception)  # kept alive for the process
+_DEBUG_DISPATCH_ADDRESS = ctypes.cast(_DEBUG_DISPATCH, ctypes.c_void_p).value
+
+
+def _cpu_class_and_exec_slot(internals: CpuInternals) -> tuple[int, int]:
+    """The CPU class of this instance and the offset of cpu_exec_interrupt in it."""
+    reader = _SafeReader()
+    try:
+        exception_index = find_exception_index_offset()
+        if reader.u64(internals.cpu + exception_index + 8) != internals.uc_handle:
+            raise UnsupportedUnicornError(
+                "unexpected Unicorn CPU layout: no uc pointer after exception_index")
+        cpu_class = reader.u64(internals.cpu + exception_index + 16)
+        table = reader.read(cpu_class, 1024) if cpu_class else None
+    finally:
+        reader.close()
+    if table is None:
+        raise UnsupportedUnicornError("cannot read Unicorn's CPU class")
+    original = ctypes.cast(_library().x86_cpu_exec_interrupt_x86_64, ctypes.c_void_p).value
+    return cpu_class, _exec_interrupt_slot(table, original)
+
+
+class DebugSupport:
+    """QEMU's own debugger facilities for one CPU, which cost nothing until used.
+
+    - Breakpoints (`insert_breakpoint`) are checked when code is translated: the block
+      ends before the instruction at the breakpoint with a debug exception, so a run
+      stops there without executing it; no hook runs for any other instruction.
+    - Single-stepping (`set_single_step`) translates one-instruction blocks that each end
+      in a debug exception, with external interrupts held off (QEMU's SSTEP_NOIRQ).
+
+    Unicorn keeps QEMU's debug exception but would then loop forever (it marks the CPU
+    stopped and never leaves `uc_emu_start`), so the CPU class's `debug_excp_handler` is
+    pointed at `handler` for as long as this object lives. The handler runs inside the CPU
+    loop, with RIP at the stop, and must end the slice (`uc_emu_stop`)."""
+
+    def __init__(self, internals: CpuInternals, handler: Callable[[], None]) -> None:
+        lib = _library()
+        cpu = internals.cpu
+        cpu_class, exec_slot = _cpu_class_and_exec_slot(internals)
+        self._slot = ctypes.c_uint64.from_address(
+            cpu_class + exec_slot + DEBUG_EXCP_HANDLER_FROM_EXEC_INTERRUPT)
+        self._original = ctypes.cast(lib.breakpoint_handler_x86_64, ctypes.c_void_p).value
+        if self._slot.value != self._original or cpu in _debug_handlers:
+            raise UnsupportedUnicornError(
+                "unexpected Unicorn CPU layout: debug_excp_handler not found in the CPU class")
+        self.singlestep = ctypes.c_int32.from_address(cpu + SINGLESTEP_OFFSET)
+        if self.singlestep.value != 0:
+            raise UnsupportedUnicornError(
+                "unexpected Unicorn CPU layout: singlestep_enabled is not after interrupt_request")
+        check_single_step()
+        self._insert = lib.cpu_breakpoint_insert_x86_64
+        self._insert.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p]
+        self._insert.restype = ctypes.c_int
+        self._remove = lib.cpu_breakpoint_remove_x86_64
+        self._remove.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int]
+        self._remove.restype = ctypes.c_int
+        self._remove_all = lib.cpu_breakpoint_remove_all_x86_64
+        self._remove_all.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        self._remove_all.restype = None
+        self._uc = internals._uc
+        self._cpu = cpu
+        _debug_handlers[cpu] = handler
+        self._slot.value = _DEBUG_DISPATCH_ADDRESS
+
+    def insert_breakpoint(self, address: int) -> None:
+        """Stop before the instruction at virtual `address` (drops translated code)."""
+        self._insert(self._cpu, address, BP_GDB, None)
+
+    def remove_breakpoint(self, address: int) -> bool:
+        return self._remove(self._cpu, address, BP_GDB) == 0
+
+    def set_single_step(self, on: bool) -> None:
+        """Translate one instruction per block, each followed by a debug exception. The
+        translated code is dropped on each change, as QEMU's cpu_single_step does."""
+        value = SSTEP_ENABLE | SSTEP_NOIRQ if on else 0
+        if self.singlestep.value != value:
+            self.singlestep.value = value
+            self._uc.ctl_flush_tb()
+
+    def flush_translations(self) -> None:
+        """Drop all translated code (after the debugger wrote guest memory)."""
+        self._uc.ctl_flush_tb()
+
+    def close(self) -> None:
+        """Back to Unicorn's own handler, with no breakpoint left and stepping off."""
+        if _debug_handlers.pop(self._cpu, None) is None:
+            return
+        self._remove_all(self._cpu, BP_GDB)
+        self.set_single_step(False)
+        self._slot.value = self._original
+
+
+@functools.lru_cache(maxsize=1)
+def check_single_step() -> None:
+    """On a scratch CPU: with singlestep_enabled set and the debug exception routed, one
+    `uc_emu_start` runs exactly one instruction, and a breakpoint stops before its
+    instruction. Proves the two offsets before any guest relies on them."""
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    internals = CpuInternals(uc)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x48\xff\xc0" * 4 + b"\xf4")  # inc rax x4; hlt
+    stops: list[int] = []
+
+    def on_debug() -> None:
+        stops.append(internals.eip.value)
+        uc.emu_stop()
+
+    cpu_class, exec_slot = _cpu_class_and_exec_slot(internals)
+    slot = ctypes.c_uint64.from_address(cpu_class + exec_slot + DEBUG_EXCP_HANDLER_FROM_EXEC_INTERRUPT)
+    original = ctypes.cast(_library().breakpoint_handler_x86_64, ctypes.c_void_p).value
+    if slot.value != original:
+        raise UnsupportedUnicornError(
+            "unexpected Unicorn CPU layout: debug_excp_handler not found in the CPU class")
+    singlestep = ctypes.c_int32.from_address(internals.cpu + SINGLESTEP_OFFSET)
+    _debug_handlers[internals.cpu] = on_debug
+    slot.value = _DEBUG_DISPATCH_ADDRESS
+    try:
+        singlestep.value = SSTEP_ENABLE | SSTEP_NOIRQ
+        uc.emu_start(0x1000, 0x2000)
+        stepped = uc.reg_read(x86.UC_X86_REG_RAX)
+        singlestep.value = 0
+        uc.ctl_flush_tb()
+        insert = _library().cpu_breakpoint_insert_x86_64
+        insert.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p]
+        insert(internals.cpu, 0x1009, BP_GDB, None)
+        uc.emu_start(0x1003, 0x2000)
+        broke = uc.reg_read(x86.UC_X86_REG_RAX)
+    finally:
+        _debug_handlers.pop(internals.cpu, None)
+        slot.value = original
+    if stepped != 1 or broke != 3 or stops != [0x1003, 0x1009]:
+        raise UnsupportedUnicornError(
+            "unexpected Unicorn CPU layout: single-stepping or breakpoints do not work "
+            f"(stepped {stepped}, then {broke}, stops {[hex(s) for s in stops]})")

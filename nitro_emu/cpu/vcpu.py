@@ -180,6 +180,11 @@ class Vcpu:
     def close(self) -> None:
         self.window.close()
 
+    def end_slice(self) -> None:
+        """From inside a CPU callback (a debugger's breakpoint, step or watchpoint): end
+        the running slice; `run_slice` returns "stopped"."""
+        self._emu_stop()
+
     def _emu_stop(self) -> None:
         self._stopped = True
         self.uc.emu_stop()
@@ -226,6 +231,8 @@ class Vcpu:
         return self.internals.hflags.value & 3
 
     # -- hooks (hot paths: keep them short) ------------------------------------------------
+    # They look `self.delivery` up at each event, so a tracer can stand a wrapper in its
+    # place (nitro_emu.debug.trace); an untraced machine pays nothing for that.
 
     def _on_interrupt_window(self, request: int) -> bool:
         """Called by TCG at a TB exit while an interrupt request is pending."""
