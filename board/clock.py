@@ -1,8 +1,8 @@
 """One virtual clock for the whole machine.
 
 Virtual time follows the host's monotonic clock, plus the time skipped while the guest
-idled (HLT with nothing pending jumps straight to the next deadline). Devices schedule
-timers on it; they never sleep.
+idled (HLT with nothing pending jumps straight to the next deadline), minus the time a
+debugger held the CPU. Devices schedule timers on it; they never sleep.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class VirtualClock:
     def __init__(self) -> None:
         self._origin = time.monotonic_ns()
         self._skipped_ns = 0
+        self._paused_at: int | None = None
         self._timers: list[tuple[int, int, Timer]] = []
         self._sequence = itertools.count()
 
@@ -42,6 +43,22 @@ class VirtualClock:
     def skipped_ns(self) -> int:
         """Total guest time that passed without host time passing (idle skipping)."""
         return self._skipped_ns
+
+    def pause(self) -> None:
+        """Stop guest time while a debugger holds the CPU. Nothing may read the clock
+        until `resume()` (no guest code runs then); reading it stays free of any check."""
+        if self._paused_at is None:
+            self._paused_at = time.monotonic_ns()
+
+    def resume(self) -> int:
+        """Let guest time run on from where `pause()` stopped it, so timers do not fire a
+        burst for the time the CPU was held. Returns the nanoseconds the clock stood."""
+        if self._paused_at is None:
+            return 0
+        stood = time.monotonic_ns() - self._paused_at
+        self._origin += stood
+        self._paused_at = None
+        return stood
 
     def add_timer(self, deadline_ns: int, callback: Callable[[], None]) -> Timer:
         """Run `callback` once virtual time reaches `deadline_ns`."""

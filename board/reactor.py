@@ -25,9 +25,13 @@ class HostReactor:
         self._selector = selectors.DefaultSelector()
         self._active: set[int] = set()  # registered descriptors that are not listeners
 
-    def register(self, fileobj: object, events: int, callback: Callable[[int], None]) -> None:
+    def register(self, fileobj: object, events: int, callback: Callable[[int], None], *,
+                 background: bool = False) -> None:
+        """Call `callback(events)` when the file is ready. A `background` file carries no
+        guest traffic (a debugger's connection): like a listening socket, it never holds
+        back idle skipping."""
         key = self._selector.register(fileobj, events, callback)
-        if not _is_listening_socket(fileobj):
+        if not background and not _is_listening_socket(fileobj):
             self._active.add(key.fd)
 
     def modify(self, fileobj: object, events: int, callback: Callable[[int], None]) -> None:

@@ -27,6 +27,7 @@ from nitro_emu.boot.loader import BootLayout, load_linux
 from nitro_emu.console import ConsoleLog
 from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz
 from nitro_emu.cpu.vcpu import Vcpu
+from nitro_emu.debug.config import DebugConfig
 from nitro_emu.errors import NitroEmuError
 from nitro_emu.limits import check_memory_mib
 from nitro_emu.runloop import RunLoop
@@ -82,7 +83,8 @@ class Machine:
     `vsock` configures the parent side (forwarding, publishing; `devices.vsock`); with its
     `heartbeat` off the parent does not answer the boot heartbeat and the guest's init is
     told (on the kernel command line) to skip it. `module_id` is the NSM's module id (the
-    enclave ID on Nitro; random in that shape by default).
+    enclave ID on Nitro; random in that shape by default). `debug` attaches a GDB stub
+    and/or an event trace (nitro_emu.debug.session).
     """
 
     def __init__(self, eif: str | os.PathLike | EifImage, *, guest_cid: int,
@@ -92,7 +94,8 @@ class Machine:
                  parent_role: str | None = None,
                  parent_id: str | None = None, extra_cmdline: str = "",
                  state_dir: str | os.PathLike | None = None,
-                 module_id: str | None = None) -> None:
+                 module_id: str | None = None,
+                 debug: DebugConfig | None = None) -> None:
         try:
             check_guest_cid(guest_cid)
             check_memory_mib(memory_mib)
@@ -100,6 +103,7 @@ class Machine:
             raise MachineError(str(error)) from None
         vsock = vsock if vsock is not None else VsockConfig()
         self.image = self._read_image(eif)
+        self.debug = self._debug_session(debug)
         self.guest_cid = guest_cid
         self.debug_mode = debug_mode
         self._end: RunResult | None = None
@@ -115,8 +119,14 @@ class Machine:
         self.vsock = VsockDevice(guest_cid, self.reactor, self.clock, vsock)
         self.virtio = self._wire_virtio({"vsock": self.vsock, "nsm": self.nsm})
         self._load_kernel(vsock.heartbeat, extra_cmdline)
+        between_slices = self.uart.flush
+        if self.debug is not None:
+            self.debug.attach(self.vcpu, self.clock, self.reactor,
+                              end_machine=lambda message: self._finish("stopped", message, False),
+                              finished=lambda: self._end is not None)
+            between_slices = self._between_slices_debugging
         self.loop = RunLoop(self.vcpu, self.pic, self.clock, self.reactor,
-                            between_slices=self.uart.flush,
+                            between_slices=between_slices,
                             finished=lambda: self._end is not None,
                             idle_skip_allowed=self.reactor.only_listening)
 
@@ -132,11 +142,26 @@ class Machine:
             raise MachineError(f"{image.path}: the EIF has no ramdisk to boot")
         return image
 
+    @staticmethod
+    def _debug_session(config: DebugConfig | None):
+        """The debugging tools asked for (the stub's socket is bound first, so a busy port
+        fails before anything else is built); None in a normal run."""
+        if config is None:
+            return None
+        from nitro_emu.debug.session import DebugSession  # only when debugging
+        return DebugSession(config)
+
     def _wire_cpu(self) -> None:
         """The vCPU on RAM, its port hooks on the port bus, MMIO windows through it."""
         self.cpuid = CpuidModel(host_tsc_hz())
-        self.vcpu = Vcpu(self.ram, self.ports.read, self.ports.write, self.cpuid)
-        self.mmio = MmioBus(self.vcpu.map_mmio)
+        read, write, map_window = self.ports.read, self.ports.write, None
+        if self.debug is not None:
+            read, write = self.debug.ports(read, write)
+        self.vcpu = Vcpu(self.ram, read, write, self.cpuid)
+        map_window = self.vcpu.map_mmio
+        if self.debug is not None:
+            map_window = self.debug.mmio_windows(map_window)
+        self.mmio = MmioBus(map_window)
 
     def _wire_legacy_devices(self) -> None:
         """The PC parts on I/O ports: 8259 pair (the vCPU's INTR), PIT on IRQ 0, COM1 on
@@ -179,6 +204,10 @@ class Machine:
         return load_linux(self.vcpu, self.ram, self.image.read_kernel(), cmdline,
                           self.image.ramdisks_size, self.image.read_ramdisks_into)
 
+    def _between_slices_debugging(self) -> None:
+        self.uart.flush()
+        self.debug.between_slices()
+
     # -- events from devices ---------------------------------------------------------------
 
     def _guest_reset(self, how: str) -> None:
@@ -210,6 +239,8 @@ class Machine:
                             halts=self.loop.stats.halts,
                             idle_rounds=self.loop.stats.idle_rounds,
                             skipped_ms=self.loop.stats.skipped_ns // 1_000_000)
+        if self.debug is not None:
+            self.debug.machine_ended(result.reason, result.ok)
         return result
 
     def _outcome(self, outcome: str | None) -> RunResult:
@@ -238,6 +269,8 @@ class Machine:
 
     def close(self) -> None:
         """Release host resources: the vsock sockets, the reactor, the timer thread."""
+        if self.debug is not None:
+            self.debug.close()
         self.vsock.close()
         self.loop.close()
         self.vcpu.close()

@@ -99,12 +99,12 @@ def test_memory_is_read_and_written_by_virtual_address_and_unmapped_pages_cut_it
     machine, port = machine_with_port()
     machine.ram.write_u64(PD_ADDRESS + 8, 0)  # 2 MiB..4 MiB not present
     machine.ram.write(0x1FFFF0, bytes(range(16)))
-    assert port.read_memory(0x1FFFF0, 64) == bytes(range(16))
-    assert port.read_memory(0x200000, 4) == b""
-    assert port.read_memory(0x8000_0000_0000_0000, 8) == b""   # not canonical
-    assert port.read_memory(0xFFFF_FFFF_FFFF_FFF8, 8) == b""   # canonical, not mapped
-    assert port.read_memory(0x7FFFF0, 8) == b""                # mapped, outside RAM
-    assert port.write_memory(0x1FFFFC, b"\xaa" * 8) == 4
+    assert port.memory.read(0x1FFFF0, 64) == bytes(range(16))
+    assert port.memory.read(0x200000, 4) == b""
+    assert port.memory.read(0x8000_0000_0000_0000, 8) == b""   # not canonical
+    assert port.memory.read(0xFFFF_FFFF_FFFF_FFF8, 8) == b""   # canonical, not mapped
+    assert port.memory.read(0x7FFFF0, 8) == b""                # mapped, outside RAM
+    assert port.memory.write(0x1FFFFC, b"\xaa" * 8) == 4
     assert machine.ram.read(0x1FFFFC, 4) == b"\xaa" * 4
 
 
@@ -113,7 +113,7 @@ def test_written_code_is_the_code_that_runs_next() -> None:
     machine.ram.write(CODE, INC_RAX + HLT)
     machine.vcpu.write_register("rip", CODE)
     machine.vcpu.run_slice()
-    assert port.write_memory(CODE, NOP * 3) == 3
+    assert port.memory.write(CODE, NOP * 3) == 3
     machine.vcpu.write_register("rip", CODE)
     machine.vcpu.run_slice()
     assert machine.reg("rax") == 1
@@ -121,11 +121,11 @@ def test_written_code_is_the_code_that_runs_next() -> None:
 
 def test_large_pages_and_4k_pages_translate_like_the_mmu() -> None:
     machine, port = machine_with_port()
-    assert port.translate(0x123456) == 0x123456           # identity, 2 MiB page
+    assert port.memory.translate(0x123456) == 0x123456           # identity, 2 MiB page
     table = 0x60000
     machine.ram.write(table, struct.pack("<512Q", *[(0x300000 + i * 0x1000) | 3 for i in range(512)]))
     machine.ram.write_u64(PD_ADDRESS + 8, table | 3)      # 2..4 MiB through a page table
-    assert port.translate(0x200000 + 0x1234) == 0x301234
+    assert port.memory.translate(0x200000 + 0x1234) == 0x301234
 
 
 def test_closing_the_port_removes_breakpoints_and_watchpoints() -> None:

@@ -7,7 +7,7 @@ import signal
 import sys
 
 from devices.vsock.packet import check_guest_cid
-from nitro_emu.cli import vsock_options
+from nitro_emu.cli import debug_options, vsock_options
 from nitro_emu.cli.common import ArgumentParser
 from nitro_emu.errors import UsageError
 from nitro_emu.limits import check_memory_mib
@@ -50,6 +50,7 @@ def build_parser() -> ArgumentParser:
     vsock_options.add_arguments(parser)
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
                         help="stop the enclave after this many seconds")
+    debug_options.add_arguments(parser)
     return parser
 
 
@@ -77,13 +78,15 @@ def main(argv: list[str]) -> int:
         raise UsageError(str(error)) from None
     machine = Machine(args.eif, guest_cid=args.guest_cid, memory_mib=args.memory,
                       debug_mode=args.debug_mode, parent_role=args.parent_role,
-                      parent_id=args.parent_id, vsock=vsock)
+                      parent_id=args.parent_id, vsock=vsock,
+                      debug=debug_options.config_from_args(args))
     for line in vsock_options.published_lines(machine.vsock.muxer.published):
         print(line, file=sys.stderr)
     previous = signal.signal(signal.SIGINT, lambda *_: machine.stop())
     terminal = _attach_terminal(machine)
     try:
         result = machine.run(timeout=args.timeout)
+        note, report = debug_options.post_mortem(machine, result, args)
     finally:
         if terminal is not None:
             terminal.close()
@@ -91,5 +94,7 @@ def main(argv: list[str]) -> int:
         machine.close()
     if result.ok:
         return 0
-    print(f"nitro-emu: enclave ended: {result.reason}: {result.message}", file=sys.stderr)
+    print(f"nitro-emu: enclave ended: {result.reason}: {result.message}{note}", file=sys.stderr)
+    for line in report:
+        print(line, file=sys.stderr)
     return 130 if result.reason == "stopped" else 1

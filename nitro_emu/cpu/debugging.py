@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import unicorn
 
@@ -57,21 +57,14 @@ class _Watchpoint:
     hooks: list[int]
 
 
-class DebugPort:
-    """Breakpoints, stepping, watchpoints and virtual memory of one vCPU, for a debugger.
-    `stop` tells why the last slice ended for the debugger (None: it did not)."""
+class VirtualMemory:
+    """Guest memory by virtual address through the current page tables, as a debugger or
+    a tracer sees it: access rights ignored, only RAM touched, unmapped is unreadable."""
 
     def __init__(self, vcpu: Vcpu) -> None:
         self._vcpu = vcpu
-        self._uc = vcpu.uc
         self._internals = vcpu.internals
         self._ram = vcpu.ram
-        self._support = DebugSupport(vcpu.internals, self._on_debug_exception)
-        self.breakpoints: set[int] = set()
-        self._watchpoints: dict[tuple[int, int, str], _Watchpoint] = {}
-        self.stop: Stop | None = None
-
-    # -- memory ----------------------------------------------------------------------------
 
     def translate(self, linear: int) -> int | None:
         """The guest-physical address of `linear` through the current page tables, with
@@ -100,7 +93,7 @@ class DebugPort:
             table = entry & _PG_ADDRESS_MASK
         return table | (linear & 0xFFF)
 
-    def _pages(self, linear: int, length: int):
+    def pages(self, linear: int, length: int) -> Iterator[tuple[int, int]]:
         """(physical, length) of each page-sized piece of a virtual range, up to the first
         byte that is not mapped to RAM."""
         while length > 0:
@@ -112,23 +105,38 @@ class DebugPort:
             linear = (linear + chunk) & 0xFFFFFFFFFFFFFFFF
             length -= chunk
 
-    def read_memory(self, linear: int, length: int) -> bytes:
+    def read(self, linear: int, length: int) -> bytes:
         """Guest memory at a virtual address: all `length` bytes, or fewer when the range
         runs into an unmapped page (b"" when the first byte is not mapped)."""
         return b"".join(self._ram.read(physical, chunk)
-                        for physical, chunk in self._pages(linear, length))
+                        for physical, chunk in self.pages(linear, length))
 
-    def write_memory(self, linear: int, data: bytes) -> int:
+    def write(self, linear: int, data: bytes) -> int:
         """Write guest memory at a virtual address (read-only pages included); returns how
         many bytes were written (fewer when the range runs into an unmapped page).
         Translated code is dropped, so written instructions are the ones that run."""
         done = 0
-        for physical, chunk in self._pages(linear, len(data)):
+        for physical, chunk in self.pages(linear, len(data)):
             self._ram.write(physical, data[done:done + chunk])
             done += chunk
         if done:
-            self._support.flush_translations()
+            self._vcpu.uc.ctl_flush_tb()
         return done
+
+
+class DebugPort:
+    """Breakpoints, stepping, watchpoints and virtual memory of one vCPU, for a debugger.
+    `stop` tells why the last slice ended for the debugger (None: it did not)."""
+
+    def __init__(self, vcpu: Vcpu) -> None:
+        self._vcpu = vcpu
+        self._uc = vcpu.uc
+        self._internals = vcpu.internals
+        self.memory = VirtualMemory(vcpu)
+        self._support = DebugSupport(vcpu.internals, self._on_debug_exception)
+        self.breakpoints: set[int] = set()
+        self._watchpoints: dict[tuple[int, int, str], _Watchpoint] = {}
+        self.stop: Stop | None = None
 
     # -- breakpoints and watchpoints -------------------------------------------------------
 
@@ -152,7 +160,7 @@ class DebugPort:
         key = (address, length, kind)
         if key in self._watchpoints:
             return True
-        pieces = list(self._pages(address, length))
+        pieces = list(self.memory.pages(address, length))
         if sum(chunk for _, chunk in pieces) != length:
             return False
         hooks, offset = [], 0
@@ -202,11 +210,18 @@ class DebugPort:
         self._support.set_single_step(False)
         self.stop = None
 
-    def close(self) -> None:
-        """Remove every breakpoint, watchpoint and the debug exception route."""
+    def clear(self) -> None:
+        """Remove every breakpoint and watchpoint and leave single-stepping (a debugger
+        went away)."""
         for key in list(self._watchpoints):
             self.remove_watchpoint(*key)
-        self.breakpoints.clear()
+        for address in list(self.breakpoints):
+            self.remove_breakpoint(address)
+        self.prepare_to_run()
+
+    def close(self) -> None:
+        """`clear()`, and Unicorn's own debug exception handler back."""
+        self.clear()
         self._support.close()
 
     def _after_delivery(self, uc: unicorn.Uc, vector: int, _: object) -> None:

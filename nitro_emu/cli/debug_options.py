@@ -1,0 +1,89 @@
+"""The debugging options of the verbs that run an enclave: `--gdb [HOST:]PORT`,
+`--gdb-wait`, `--trace EVENTS`, `--trace-file FILE`, `--system-map FILE` and
+`--post-mortem FILE`. A verb adds them with `add_arguments`, passes
+`config_from_args(args)` to `Machine(debug=...)`, and after the run calls `post_mortem`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nitro_emu.debug.config import DebugConfig
+from nitro_emu.errors import UsageError
+
+DEFAULT_GDB_HOST = "127.0.0.1"
+
+
+def gdb_address(text: str) -> tuple[str, int]:
+    """`PORT`, `HOST:PORT` or `[IPv6]:PORT`; the host defaults to 127.0.0.1 (the debugger
+    controls the enclave: listen more widely only when asked), `:PORT` is every interface,
+    port 0 picks a free one."""
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        host = DEFAULT_GDB_HOST
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT (a port from 0 to 65535)")
+    return host, int(port)
+
+
+def trace_events(text: str) -> frozenset[str]:
+    from nitro_emu.debug.trace import parse_events
+    try:
+        return parse_events(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("debugging")
+    group.add_argument("--gdb", type=gdb_address, metavar="[HOST:]PORT",
+                       help="serve GDB's remote protocol (gdb vmlinux, then target remote "
+                            f":PORT); HOST defaults to {DEFAULT_GDB_HOST}, port 0 picks one")
+    group.add_argument("--gdb-wait", action="store_true",
+                       help="hold the CPU before its first instruction until GDB attaches")
+    group.add_argument("--trace", type=trace_events, metavar="EVENTS",
+                       help="trace guest events: syscalls, exceptions, interrupts, io "
+                            "(comma-separated, or all)")
+    group.add_argument("--trace-file", metavar="FILE",
+                       help="write the trace to FILE (default: stderr)")
+    group.add_argument("--system-map", metavar="FILE",
+                       help="kernel symbols for post-mortem reports (default: the System.map "
+                            "beside the image's kernel in the guest build)")
+    group.add_argument("--post-mortem", metavar="FILE",
+                       help="write the post-mortem report of an enclave that died to FILE "
+                            "(default: stderr)")
+
+
+def config_from_args(args: argparse.Namespace) -> DebugConfig | None:
+    """The DebugConfig the options ask for, or None when they ask for nothing."""
+    if args.gdb_wait and args.gdb is None:
+        raise UsageError("--gdb-wait needs --gdb [HOST:]PORT")
+    if args.trace_file is not None and not args.trace:
+        raise UsageError("--trace-file needs --trace EVENTS")
+    if args.system_map is not None and not Path(args.system_map).is_file():
+        raise UsageError(f"--system-map: {args.system_map} is not a file")
+    if args.gdb is None and not args.trace:
+        return None
+    return DebugConfig(gdb=args.gdb, gdb_wait=args.gdb_wait,
+                       trace=args.trace or frozenset(), trace_file=args.trace_file)
+
+
+def post_mortem(machine, result, args: argparse.Namespace) -> tuple[str, list[str]]:
+    """After a run that died (panic, triple fault, fault, no progress): the post-mortem
+    report, to be printed on stderr after the one-line reason, or written to
+    --post-mortem's file. Returns what the one-line reason should add (naming the file)
+    and the lines for stderr."""
+    from nitro_emu.debug.postmortem import REPORTED, report_lines
+    from nitro_emu.debug.symbols import system_map_beside
+    if result.reason not in REPORTED:
+        return "", []
+    system_map = args.system_map or system_map_beside(args.eif)
+    lines = report_lines(machine.vcpu, f"{result.reason}: {result.message}", system_map)
+    if args.post_mortem is None:
+        return "", lines
+    try:
+        Path(args.post_mortem).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except OSError as error:
+        return f" (post-mortem report not written: {args.post_mortem}: {error.strerror})", lines
+    return f" (post-mortem report in {args.post_mortem})", []

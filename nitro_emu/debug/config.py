@@ -1,0 +1,31 @@
+"""What debugging a machine should have: `Machine(..., debug=DebugConfig(...))`. Any verb
+that runs a machine gets the tools the same way (nitro_emu.cli.debug_options builds the
+config from the command line)."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """gdb: where the GDB stub listens ((host, port); port 0 picks a free one).
+    gdb_wait: hold the CPU before its first instruction until a debugger attaches.
+    trace: the events to trace (nitro_emu.debug.trace.EVENTS), to `trace_file` (a path,
+    or None for stderr). announce: where the stub's messages go (default stderr)."""
+
+    gdb: tuple[str, int] | None = None
+    gdb_wait: bool = False
+    trace: frozenset[str] = frozenset()
+    trace_file: str | os.PathLike | None = None
+    announce: Callable[[str], None] = field(default=_to_stderr)
+
+    def __post_init__(self) -> None:
+        if self.gdb_wait and self.gdb is None:
+            raise ValueError("waiting for a debugger needs a GDB stub address")

@@ -1,0 +1,66 @@
+"""The debugging tools of one machine, put together from a `DebugConfig`: the GDB stub and
+the event trace, wired in by `Machine(..., debug=DebugConfig(...))`."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, TextIO
+
+from board.clock import VirtualClock
+from board.interfaces import MmioDevice
+from board.reactor import HostReactor
+from nitro_emu.cpu.vcpu import Vcpu
+from nitro_emu.debug.config import DebugConfig
+from nitro_emu.debug.gdbstub import GdbStub
+from nitro_emu.debug.target import MachineTarget
+from nitro_emu.debug.trace import Tracer
+
+
+class DebugSession:
+    """Built before the machine's vCPU (the I/O trace wraps the buses it is wired to),
+    attached once the vCPU, clock and reactor exist."""
+
+    def __init__(self, config: DebugConfig) -> None:
+        self.stub = GdbStub(config.gdb, config.gdb_wait, config.announce) if config.gdb else None
+        self.target: MachineTarget | None = None
+        self._trace_out: TextIO | None = None
+        self.tracer: Tracer | None = None
+        if config.trace:
+            if config.trace_file is None:
+                out = sys.stderr
+            else:
+                out = self._trace_out = open(config.trace_file, "w", encoding="utf-8")
+            self.tracer = Tracer(config.trace, out)
+
+    def ports(self, read: Callable[[int, int], int], write: Callable[[int, int, int], None]
+              ) -> tuple[Callable[[int, int], int], Callable[[int, int, int], None]]:
+        return self.tracer.ports(read, write) if self.tracer else (read, write)
+
+    def mmio_windows(self, map_window: Callable[[int, int, MmioDevice], None]
+                     ) -> Callable[[int, int, MmioDevice], None]:
+        return self.tracer.mmio_windows(map_window) if self.tracer else map_window
+
+    def attach(self, vcpu: Vcpu, clock: VirtualClock, reactor: HostReactor,
+               end_machine: Callable[[str], None], finished: Callable[[], bool]) -> None:
+        if self.tracer is not None:
+            self.tracer.attach(vcpu, clock)
+        if self.stub is not None:
+            self.target = MachineTarget(vcpu, clock, end_machine, finished)
+            self.stub.attach(self.target, reactor)
+
+    def between_slices(self) -> None:
+        if self.stub is not None:
+            self.stub.pause_point()
+
+    def machine_ended(self, reason: str, ok: bool) -> None:
+        if self.stub is not None:
+            self.stub.machine_ended(reason, ok)
+
+    def close(self) -> None:
+        if self.tracer is not None:
+            self.tracer.close()
+        if self._trace_out is not None:
+            self._trace_out.close()
+        if self.stub is not None:
+            self.stub.close()
+        if self.target is not None:
+            self.target.close()
