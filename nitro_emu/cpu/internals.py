@@ -601,3 +601,60 @@ def check_single_step() -> None:
         raise UnsupportedUnicornError(
             "unexpected Unicorn CPU layout: single-stepping or breakpoints do not work "
             f"(stepped {stepped}, then {broke}, stops {[hex(s) for s in stops]})")
+
+
+# -- the exact RIP of a device access -------------------------------------------------------
+# CPUState.mem_io_pc (the host address in translated code of the access being done) comes
+# after icount_decr_ptr, tb_jmp_cache[1 << 12] and node, breakpoints, watchpoints (two
+# pointers each), watchpoint_hit and opaque (QEMU 5's hw/core/cpu.h).
+MEM_IO_PC_OFFSET = ENV_PTR_OFFSET + 16 + (1 << 12) * 8 + 3 * 16 + 2 * 8
+
+
+class DeviceAccessPc:
+    """Inside an MMIO callback RIP is only where its translation block last saved it;
+    `sync()` sets it to the accessing instruction, as Unicorn itself does before calling
+    memory hooks (cpu_restore_state from the host address of the access). Only a trace
+    needs this."""
+
+    def __init__(self, internals: CpuInternals) -> None:
+        check_device_access_pc()
+        self._restore = _restore_state()
+        self._cpu = internals.cpu
+        self._host_pc = ctypes.c_uint64.from_address(internals.cpu + MEM_IO_PC_OFFSET)
+
+    def sync(self) -> None:
+        self._restore(self._cpu, self._host_pc.value, False)
+
+
+def _restore_state() -> ctypes._CFuncPtr:
+    restore = _library().cpu_restore_state_x86_64
+    restore.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_bool]
+    restore.restype = ctypes.c_bool
+    return restore
+
+
+@functools.lru_cache(maxsize=1)
+def check_device_access_pc() -> None:
+    """On a scratch CPU: a load from an MMIO window two instructions into a block, with
+    RIP synced in the callback, must show the load's address (cpu_restore_state ignores
+    any value that is not an address in translated code, so a wrong offset fails here,
+    not in a guest)."""
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
+    internals = CpuInternals(uc)
+    restore = _restore_state()
+    host_pc = ctypes.c_uint64.from_address(internals.cpu + MEM_IO_PC_OFFSET)
+    seen: list[int] = []
+
+    def read(uc: unicorn.Uc, offset: int, size: int, _: object) -> int:
+        restore(internals.cpu, host_pc.value, False)
+        seen.append(internals.eip.value)
+        return 0
+
+    uc.mem_map(0x1000, 0x1000)
+    uc.mmio_map(0x2000, 0x1000, read, None, lambda *args: None, None)
+    uc.mem_write(0x1000, b"\x90\x90\x8b\x04\x25\x00\x20\x00\x00\xf4")  # nop; nop; mov eax, [0x2000]
+    uc.emu_start(0x1000, 0x100A)
+    if seen != [0x1002]:
+        raise UnsupportedUnicornError(
+            "unexpected Unicorn CPU layout: mem_io_pc not found "
+            f"(RIP in an MMIO callback {[hex(s) for s in seen]})")

@@ -5,7 +5,8 @@ Installed only when a trace asks for them, so an untraced machine runs exactly a
 before: the system-call tap is a second SYSCALL hook (Unicorn calls every one, after the
 vCPU's own, so it sees the arguments but RIP already at the kernel entry: the user RIP is
 RCX - 2), and exceptions and interrupts are seen by standing a wrapper in the place of
-the vCPU's delivery object, which its hooks look up at each event.
+the vCPU's delivery object, which its hooks look up at each event. For device (MMIO)
+accesses, `sync_device_rip()` makes RIP the accessing instruction.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import unicorn
 from unicorn import x86_const as x86
 
 from nitro_emu.cpu.delivery import ExceptionDelivery
+from nitro_emu.cpu.internals import DeviceAccessPc
 from nitro_emu.cpu.vcpu import Vcpu
 
 _ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17, 21))
@@ -61,6 +63,7 @@ class CpuTaps:
                  on_interrupt: Callable[[InterruptEvent], None] | None = None) -> None:
         self._vcpu = vcpu
         self._hook = None
+        self._device_pc: DeviceAccessPc | None = None
         self._original_delivery: ExceptionDelivery | None = None
         if on_syscall is not None:
             registers = [getattr(x86, f"UC_X86_REG_{name.upper()}") for name in SYSCALL_REGISTERS]
@@ -78,6 +81,12 @@ class CpuTaps:
         if on_exception is not None or on_interrupt is not None:
             self._original_delivery = vcpu.delivery
             vcpu.delivery = _TappedDelivery(vcpu, vcpu.delivery, on_exception, on_interrupt)
+
+    def sync_device_rip(self) -> None:
+        """From inside an MMIO callback: RIP becomes the accessing instruction."""
+        if self._device_pc is None:
+            self._device_pc = DeviceAccessPc(self._vcpu.internals)
+        self._device_pc.sync()
 
     def close(self) -> None:
         if self._hook is not None:

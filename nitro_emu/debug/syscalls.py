@@ -15,13 +15,14 @@ STRING_LIMIT = 32
 ARGV_LIMIT = 16
 AT_FDCWD = -100
 
-# Argument kinds: d signed decimal, u unsigned decimal, x hex, s string, b buffer whose
-# length is the next argument, v argv array, f open flags, o octal mode, a directory fd.
+# Argument kinds: d int (32 bits, signed), l long (64 bits, signed), u size, x hex,
+# s string, b buffer whose length is the next argument, v argv array, f open flags,
+# o octal mode, a directory fd.
 SIGNATURES: dict[str, str] = {
     "read": "dxu", "write": "dbu", "open": "sfo", "close": "d", "stat": "sx", "fstat": "dx",
-    "lstat": "sx", "poll": "xud", "lseek": "ddd", "mmap": "xuxxdx", "mprotect": "xux",
+    "lstat": "sx", "poll": "xud", "lseek": "dld", "mmap": "xuxxdx", "mprotect": "xux",
     "munmap": "xu", "brk": "x", "rt_sigaction": "dxxu", "rt_sigprocmask": "dxxu",
-    "ioctl": "dxx", "pread64": "dxud", "pwrite64": "dbud", "readv": "dxd", "writev": "dxd",
+    "ioctl": "dxx", "pread64": "dxul", "pwrite64": "dbul", "readv": "dxd", "writev": "dxd",
     "access": "so", "pipe": "x", "pipe2": "xf", "select": "dxxxx", "sched_yield": "",
     "dup": "d", "dup2": "dd", "dup3": "ddf", "nanosleep": "xx", "getpid": "",
     "socket": "ddd", "connect": "dxu", "accept": "dxx", "accept4": "dxxf", "sendto": "dbuxxu",
@@ -40,7 +41,7 @@ SIGNATURES: dict[str, str] = {
     "set_robust_list": "xu", "rseq": "xuxx", "execveat": "asvxx", "init_module": "xus",
     "finit_module": "dsx", "ppoll": "xuxxu", "pselect6": "dxxxxx", "epoll_wait": "dxdd",
     "sendmsg": "dxx", "recvmsg": "dxx", "setpgid": "dd", "getpgid": "d", "chown": "sdd",
-    "truncate": "sd", "ftruncate": "dd", "rename": "ss", "renameat2": "asasx",
+    "truncate": "sl", "ftruncate": "dl", "rename": "ss", "renameat2": "asasx",
     "sysinfo": "x", "sync": "", "times": "x", "futex": "xdxxxd",
 }
 
@@ -51,7 +52,8 @@ _OPEN_FLAGS = ((0o100, "O_CREAT"), (0o200, "O_EXCL"), (0o400, "O_NOCTTY"),
                (0o100000, "O_LARGEFILE"), (0o200000, "O_DIRECTORY"), (0o400000, "O_NOFOLLOW"),
                (0o1000000, "O_NOATIME"), (0o2000000, "O_CLOEXEC"), (0o4000000, "O_SYNC"),
                (0o10000000, "O_PATH"))
-_ESCAPES = {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r", 0x22: '\\"', 0x5C: "\\\\"}
+_OPEN_WITH_MODE = 0o100 | 0o20000000  # O_CREAT, O_TMPFILE
+_ESCAPES = {0x00: "\\0", 0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r", 0x22: '\\"', 0x5C: "\\\\"}
 
 ReadMemory = Callable[[int, int], bytes]
 
@@ -67,19 +69,22 @@ def format_call(number: int, arguments: tuple[int, ...], read: ReadMemory) -> st
     kinds = SIGNATURES.get(name)
     if kinds is None:
         return f"{name}({', '.join(hex(value) for value in arguments)})"
+    if name in ("open", "openat") and not arguments[kinds.index("f")] & _OPEN_WITH_MODE:
+        kinds = kinds[:-1]  # the mode means nothing without O_CREAT or O_TMPFILE
     shown = [_argument(kind, index, arguments, read) for index, kind in enumerate(kinds)]
     return f"{name}({', '.join(shown)})"
 
 
 def _argument(kind: str, index: int, arguments: tuple[int, ...], read: ReadMemory) -> str:
     value = arguments[index]
-    signed = value - (1 << 64) if value >> 63 else value
-    if kind == "d":
-        return str(signed)
+    if kind == "l":
+        return str(value - (1 << 64) if value >> 63 else value)
+    if kind in "da":  # C int: the low 32 bits
+        number = value & 0xFFFFFFFF
+        number -= (1 << 32) if number >> 31 else 0
+        return "AT_FDCWD" if kind == "a" and number == AT_FDCWD else str(number)
     if kind == "u":
         return str(value)
-    if kind == "a":
-        return "AT_FDCWD" if signed == AT_FDCWD else str(signed)
     if kind == "s":
         return c_string(read, value)
     if kind == "b":

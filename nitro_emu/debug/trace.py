@@ -80,7 +80,7 @@ class Tracer:
             return map_window
 
         def traced_map(base: int, size: int, device: MmioDevice) -> None:
-            map_window(base, size, _TracedMmio(device, base, self._line))
+            map_window(base, size, _TracedMmio(device, base, self._device_line))
 
         return traced_map
 
@@ -125,6 +125,11 @@ class Tracer:
         irq = event.vector - PIC_VECTOR_BASE
         where = f"irq {irq} " if 0 <= irq < 16 else ""
         self._write(event.rip, event.cpl, f"interrupt {where}(vector {event.vector:#x})")
+
+    def _device_line(self, text: str) -> None:
+        if self._taps is not None:
+            self._taps.sync_device_rip()
+        self._line(text)
 
     def _line(self, text: str) -> None:
         vcpu = self._vcpu
