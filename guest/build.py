@@ -8,7 +8,8 @@ EIF (the project's `eif` package). Finished outputs are cached under
 Written to --out: <name>.eif, <name>/bzImage, <name>/initrd.cpio (both ramdisks joined,
 what a boot loader hands the kernel), <name>/ramdisk-1.cpio, <name>/ramdisk-2.cpio,
 <name>/cmdline, <profile>/bzImage with its <profile>/vmlinux and <profile>/System.map (for
-debuggers and post-mortem reports), and manifest.json (sizes, PCRs, paths).
+debuggers and post-mortem reports), programs/<program> (the guest programs with their
+symbols, for debuggers), and manifest.json (sizes, PCRs, paths).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from guest.env import (BUILD_TIME, GUEST_DIR, SOURCE_DATE_EPOCH, cache_root, has
                        try_locked)
 from guest.errors import GuestBuildError
 from guest.kernel import build_kernel, kernel_artifacts
-from guest.programs import build_programs
+from guest.programs import build_programs, debug_copy
 
 EIF_VERSION_NAME = "nitro-emu-guest"
 
@@ -123,11 +124,19 @@ def build(out: Path, only: list[str] | None = None, log=print, jobs: int = 2) ->
             for fname in ("bzImage", "vmlinux", "System.map"):
                 _link_or_copy(cache / n / fname, prof / fname)
     _prune(cache.parent, keep=cache)
+    _copy_debug_programs(out / "programs", log)
     out_manifest = out / "manifest.json"
     old = json.loads(out_manifest.read_text()) if out_manifest.is_file() else {}
     old.update({n: manifest[n] for n in names})
     out_manifest.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
     return {n: manifest[n] for n in names}
+
+
+def _copy_debug_programs(dest: Path, log) -> None:
+    """The unstripped guest programs (what the images hold, with symbols) for debuggers."""
+    dest.mkdir(exist_ok=True)
+    for name, program in build_programs(log).items():
+        _link_or_copy(debug_copy(program), dest / name)
 
 
 def _link_or_copy(src: Path | str, dest: Path | str) -> None:

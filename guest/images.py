@@ -42,6 +42,8 @@ IMAGES = {
     # cttyhack makes the real console tty (ttyS0) the shell's controlling terminal.
     "shell": Image("shell", "tiny", ("cttyhack", "sh")),
     "sysbench": Image("sysbench", "tiny", ("sysbench-lite",)),
+    # a guest that never stops, for stopping it from a debugger (Ctrl-C)
+    "spin": Image("spin", "tiny", ("sh", "-c", "while :; do :; done")),
     "hello-aws": Image("hello-aws", "aws", ("echo", HELLO_LINE)),
     # The soak benchmark's enclave: echoes on vsock port 5000 and attests once a second
     # (nonce = a counter) until it is stopped; the host checks both.

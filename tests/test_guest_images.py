@@ -11,7 +11,7 @@ from guest import build as gbuild
 from guest import cpio
 from guest.images import AWS_CMDLINE, IMAGES, TEST_PROGRAMS, application_ramdisk, bootstrap_ramdisk
 from guest.kernel import PROFILES, check_config, parse_config
-from guest.programs import PROGRAMS, build_programs, compile_programs
+from guest.programs import PROGRAMS, TEST_PROGRAM_BASE, build_programs, compile_programs, debug_copy
 from support.images import require_guest_marker
 
 ELF_MAGIC = b"\x7fELF"
@@ -36,8 +36,8 @@ def test_aws_cmdline_is_exact():
 
 
 def test_the_images():
-    assert sorted(IMAGES) == sorted(["hello", "echo", "attest", "shell", "sysbench", "hello-aws",
-                                     "soak"])
+    assert sorted(IMAGES) == sorted(["hello", "echo", "attest", "shell", "sysbench", "spin",
+                                     "hello-aws", "soak"])
     assert IMAGES["hello-aws"].kernel == "aws"
     assert all(i.kernel == "tiny" for n, i in IMAGES.items() if n != "hello-aws")
 
@@ -57,6 +57,35 @@ def test_programs_are_static(programs):
     assert set(programs) == set(PROGRAMS)
     for name, path in programs.items():
         assert _is_static_elf(path.read_bytes()), name
+
+
+def _elf_symbols_and_base(path: Path) -> tuple[bool, int, bytes]:
+    """Whether the ELF has a symbol table, its lowest PT_LOAD address, its build id."""
+    import struct
+    data = path.read_bytes()
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    types = [struct.unpack_from("<I", data, shoff + i * shentsize + 4)[0] for i in range(shnum)]
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    loads = [struct.unpack_from("<Q", data, phoff + i * phentsize + 16)[0] for i in range(phnum)
+             if struct.unpack_from("<I", data, phoff + i * phentsize)[0] == 1]
+    note = data.find(b"\x03\x00\x00\x00GNU\0")  # NT_GNU_BUILD_ID, then the 20-byte sha1
+    return 2 in types, min(loads), data[note + 8:note + 28]  # SHT_SYMTAB
+
+
+def test_programs_keep_an_unstripped_copy_with_the_same_build_id(programs):
+    for name, path in programs.items():
+        stripped_symbols, base, build_id = _elf_symbols_and_base(path)
+        debug_symbols, debug_base, debug_id = _elf_symbols_and_base(debug_copy(path))
+        assert not stripped_symbols and debug_symbols, name
+        assert (base, build_id) == (debug_base, debug_id), name
+        assert base == (0x400000 if name == "init" else TEST_PROGRAM_BASE), name
+
+
+def test_the_build_output_has_the_programs_with_symbols(hello_dir, programs):
+    for name, path in programs.items():
+        assert (hello_dir / "programs" / name).read_bytes() == debug_copy(path).read_bytes()
 
 
 def test_bootstrap_ramdisk_layout(programs):
