@@ -158,11 +158,13 @@ class GdbStub:
             if self._client is None or self._target.finished():
                 return None
             try:
-                ready = select.select([self._client], [], [], POLL_SECONDS)[0]
+                ready = select.select([self._client, self._listener], [], [], POLL_SECONDS)[0]
             except (OSError, ValueError):
                 ready = []
                 self._drop_client(detached=True)
-            if ready:
+            if self._listener in ready:
+                self._on_connect(selectors.EVENT_READ)  # another debugger: turned away
+            if self._client in ready:
                 self._receive()
         return self._queue.popleft()
 
@@ -327,7 +329,8 @@ class GdbStub:
         """c [addr], C sig[;addr], s [addr], S sig[;addr]; the signal is not delivered
         (a CPU has no signals)."""
         if command in (b"C", b"S"):
-            _, _, body = body.partition(b";")
+            signal, _, body = body.partition(b";")
+            rsp.hex_number(signal, 8)  # must be there, even though it is ignored
         if body:
             self._target.vcpu.write_register("rip", rsp.hex_number(body))
         if command in (b"s", b"S"):
