@@ -262,6 +262,8 @@ class Machine:
     def stop(self) -> None:
         """Stop the run from another thread (or a signal handler)."""
         self._finish("stopped", "the machine was stopped", ok=False)
+        if self.debug is not None:
+            self.debug.abandon()
 
     @property
     def console_output(self) -> bytes:

@@ -23,6 +23,7 @@ import collections
 import select
 import selectors
 import socket
+import time
 from typing import Callable
 
 from board.reactor import HostReactor
@@ -37,6 +38,7 @@ ERROR_INVALID = b"E16"    # EINVAL: a packet that makes no sense
 READ_LIMIT = (rsp.MAX_PACKET - 16) // 2
 SEND_TIMEOUT = 10.0
 POLL_SECONDS = 0.25       # how often a blocked stub checks whether the run was ended
+LINGER_SECONDS = 0.5      # how long a closing connection waits for the debugger to close
 _WATCH_TYPES = {2: "write", 3: "read", 4: "access"}
 _WATCH_REASONS = {"write": "watch", "read": "rwatch", "access": "awatch"}
 # How a run that ended while a debugger waited is reported to it: the dead states stop
@@ -48,6 +50,22 @@ _END_SIGNALS = {"timeout": SIGALRM, "stopped": SIGKILL}
 
 def stop_reply(signal: int, reason: str = "") -> bytes:
     return f"T{signal:02x}{reason}thread:01;".encode()
+
+
+def _close_gently(client: socket.socket) -> None:
+    """Close after the debugger has read the last reply: closing with its late `+` still
+    unread would reset the connection and could lose that reply."""
+    try:
+        client.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        while time.monotonic() < deadline:
+            if not select.select([client], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                break
+            if not client.recv(4096):
+                break
+    except OSError:
+        pass
+    client.close()
 
 
 class GdbStub:
@@ -72,6 +90,8 @@ class GdbStub:
         self._last_stop = stop_reply(SIGTRAP)
         self._breakpoint_kinds: dict[int, int] = {}
         self._gdb_features: set[bytes] = set()
+        self._machine_over = False     # the run ended; the debugger may still look at it
+        self._abandoned = False        # the user stopped nitro-emu itself
         self._xml = target_xml().encode()
         host, port = self.address
         announce(f"nitro-emu: gdb stub listening on {host}:{port}"
@@ -94,10 +114,16 @@ class GdbStub:
             reason, self._hold_reason = self._hold_reason, None
             self._hold(reason)
 
+    def abandon(self) -> None:
+        """The user stopped nitro-emu itself: stop waiting for the debugger (safe from a
+        signal handler)."""
+        self._abandoned = True
+
     def machine_ended(self, reason: str, ok: bool) -> None:
         """The run is over. A debugger waiting for the CPU hears of it: a guest that died
         stops first with a signal (panic SIGABRT, faults SIGSEGV) so its state can be
         looked at, then the process is reported gone."""
+        self._machine_over = True
         if self._client is None or not self._resumed:
             self._drop_client(detached=False)
             return
@@ -155,7 +181,7 @@ class GdbStub:
 
     def _next_event(self) -> rsp.Event | None:
         while not self._queue:
-            if self._client is None or self._target.finished():
+            if self._client is None or self._should_leave():
                 return None
             try:
                 ready = select.select([self._client, self._listener], [], [], POLL_SECONDS)[0]
@@ -168,9 +194,14 @@ class GdbStub:
                 self._receive()
         return self._queue.popleft()
 
+    def _should_leave(self) -> bool:
+        """Stop serving: the run was ended from outside (a signal to nitro-emu), or,
+        once it is over, the user gave up on the debugger."""
+        return self._abandoned or (not self._machine_over and self._target.finished())
+
     def _accept_blocking(self) -> bool:
         """Wait for a debugger (`wait`), giving up when the run is ended from outside."""
-        while not self._target.finished():
+        while not self._should_leave():
             if select.select([self._listener], [], [], POLL_SECONDS)[0]:
                 self._on_connect(selectors.EVENT_READ)
                 if self._client is not None:
@@ -227,7 +258,7 @@ class GdbStub:
         if client is not None:
             if self._reactor is not None:
                 self._reactor.unregister(client)
-            client.close()
+            _close_gently(client)
             if detached:
                 self._announce("nitro-emu: debugger detached; the enclave runs on")
         if self._target is not None:

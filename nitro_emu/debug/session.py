@@ -51,6 +51,11 @@ class DebugSession:
         if self.stub is not None:
             self.stub.pause_point()
 
+    def abandon(self) -> None:
+        """The user stopped nitro-emu: a debugger is no longer waited for."""
+        if self.stub is not None:
+            self.stub.abandon()
+
     def machine_ended(self, reason: str, ok: bool) -> None:
         if self.stub is not None:
             self.stub.machine_ended(reason, ok)

@@ -1,10 +1,10 @@
 """`--trace EVENTS`: one line per guest event, for finding out what an enclave did.
 
-    0.612003417 cpl3 00000000004185e2  syscall                  write(1, "Hello\\n", 6)
-    0.612017301 cpl3 00000000004185e8  mov qword ptr [rbp], rax  #PF error=0x6 cr2=0x7ffe3000
+    0.612003417 cpl3 00000000004185e2  syscall                           write(1, "Hello\\n", 6)
+    0.612017301 cpl3 00000000004185e8  mov qword ptr [rbp], rax          #PF error=0x6 cr2=0x7ffe3000
 
-Columns: virtual time in seconds, privilege level, RIP, the instruction there (capstone),
-and the event: a system call with its arguments (strace's style, `syscalls`), an
+Columns: virtual time in seconds, privilege level, RIP, the instruction there (capstone;
+at least two spaces follow it, which capstone never writes inside one), and the event: a system call with its arguments (strace's style, `syscalls`), an
 exception with its error code (`exceptions`), an external interrupt with its IRQ line
 (`interrupts`), or a port or MMIO access with its value (`io`). Hooks are installed only
 for the events asked for; a machine without `--trace` runs without any.
@@ -140,7 +140,7 @@ class Tracer:
         instruction = instruction_at(self._memory.read, rip)
         seconds = self._clock.now_ns() / 1e9
         try:
-            self._out.write(f"{seconds:14.9f} cpl{cpl} {rip:016x}  {instruction:<32} {text}\n")
+            self._out.write(f"{seconds:14.9f} cpl{cpl} {rip:016x}  {instruction:<32}  {text}\n")
         except (OSError, ValueError):
             pass  # a closed trace file must not stop the enclave
 
