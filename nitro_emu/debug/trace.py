@@ -4,10 +4,12 @@
     0.612017301 cpl3 00000000004185e8  mov qword ptr [rbp], rax          #PF error=0x6 cr2=0x7ffe3000
 
 Columns: virtual time in seconds, privilege level, RIP, the instruction there (capstone;
-at least two spaces follow it, which capstone never writes inside one), and the event: a system call with its arguments (strace's style, `syscalls`), an
-exception with its error code (`exceptions`), an external interrupt with its IRQ line
-(`interrupts`), or a port or MMIO access with its value (`io`). Hooks are installed only
-for the events asked for; a machine without `--trace` runs without any.
+at least two spaces follow it, which capstone never writes inside one), and the event: a
+system call with its arguments (strace's style, `syscalls`), an exception with its error
+code (`exceptions`), an external interrupt with its IRQ line (`interrupts`), or a port or
+MMIO access with its value (`io`). Hooks are installed only for the events asked for; a
+machine without `--trace` runs without any. Strings a system call points at are read from
+guest memory at entry: one on a page the program has not touched yet shows as an address.
 """
 from __future__ import annotations
 
