@@ -102,3 +102,17 @@ def test_ctrl_c_in_gdb_stops_a_guest_that_spins() -> None:
     assert re.search(r"\$1 = .*0x[0-9a-f]+", output), output
     assert "Run /init as init process" in console
     assert "the debugger killed the enclave" in errors
+
+
+def test_a_hardware_breakpoint_and_a_watchpoint_on_a_kernel_variable() -> None:
+    enclave = Enclave("hello.eif", "--gdb-wait")
+    output = run_gdb(GUEST_DIR / "tiny" / "vmlinux", enclave.port,
+                     "hbreak kernel_init", "continue", "delete", "watch jiffies_64", "continue",
+                     "delete", "detach")
+    status, console, _ = enclave.finish()
+    assert "Breakpoint 1, kernel_init (" in output, output
+    assert "Hardware watchpoint 2: jiffies_64" in output, output
+    old, new = (int(value) for value in re.search(r"Old value = (\d+)\nNew value = (\d+)", output).groups())
+    assert new == old + 1
+    assert re.search(r"was accessed by the instruction at 0xffffffff[0-9a-f]{8}", output), output
+    assert status == 0 and HELLO in console  # detached: the enclave ran to its end

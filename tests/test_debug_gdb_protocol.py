@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import socket
 import threading
 import time
@@ -145,7 +146,14 @@ def test_a_write_watchpoint_reports_the_variable(held: Held) -> None:
     client.command(b"c")
     client.command(b"z0,%x,1" % start_kernel)
     assert client.command(b"Z2,%x,8" % jiffies) == b"OK"
-    assert client.command(b"c") == b"T05watch:%x;thread:01;" % jiffies
+    note = client.command(b"c")            # console text first: who wrote it
+    writer = re.search(rb"accessed by the instruction at 0x([0-9a-f]+)", rsp.from_hex(note[1:]))
+    assert note[:1] == b"O" and writer, note
+    assert client.reply() == b"T05watch:%x;thread:01;" % jiffies
+    stopped_at = held.register("rip")
+    assert int(writer.group(1), 16) != stopped_at   # the writer, not where the block ended
+    code = rsp.from_hex(held.client.command(b"m%s,10" % writer.group(1)))
+    assert code  # the writing instruction is readable kernel text
     assert client.command(b"z2,%x,8" % jiffies) == b"OK"
     assert client.command(b"D") == b"OK"
     assert held.finish().ok

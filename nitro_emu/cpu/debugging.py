@@ -43,10 +43,12 @@ _WIDEST_ACCESS = 16  # an access that starts this far before a watched byte can 
 @dataclass(frozen=True)
 class Stop:
     """Why the last slice ended for the debugger: "breakpoint", "step", or a watchpoint
-    kind ("write", "read", "access") with the watched virtual address it touched."""
+    kind ("write", "read", "access") with the watched virtual address it touched and the
+    RIP of the instruction that touched it (`by`: the slice ends a little later)."""
 
     kind: str
     address: int
+    by: int | None = None
 
 
 @dataclass
@@ -186,7 +188,9 @@ class DebugPort:
         def on_access(uc: unicorn.Uc, access: int, address: int, size: int, value: int,
                       _: object) -> None:
             if address < physical + length and address + size > physical and self.stop is None:
-                self.stop = Stop(kind, linear + max(0, address - physical))
+                # Unicorn has set RIP to the accessing instruction before calling the hook
+                self.stop = Stop(kind, linear + max(0, address - physical),
+                                 self._internals.eip.value)
                 self._vcpu.end_slice()
         return on_access
 

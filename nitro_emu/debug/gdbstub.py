@@ -106,9 +106,11 @@ class GdbStub:
     def pause_point(self) -> None:
         """Between CPU slices: hold the CPU if a stop, Ctrl-C, a new debugger or `wait`
         asks for it."""
-        stop = self._target.port.stop
+        stop, self._target.port.stop = self._target.port.stop, None
         if stop is not None and self._client is not None:
-            self._target.port.stop = None
+            if stop.by is not None:
+                self._tell(f"nitro-emu: {stop.address:#x} was accessed by the instruction at "
+                           f"{stop.by:#x} (the CPU stopped at the end of its block)\n")
             self._hold(self._describe(stop))
         elif self._hold_reason is not None:
             reason, self._hold_reason = self._hold_reason, None
@@ -267,6 +269,11 @@ class GdbStub:
         self._decoder = rsp.PacketDecoder()
         self._queue.clear()
         self._ack_mode, self._resumed, self._hold_reason = True, False, None
+
+    def _tell(self, text: str) -> None:
+        """Text for the debugger's console (an `O` packet; only while it waits for a stop)."""
+        if self._resumed:
+            self._send(b"O" + rsp.to_hex(text.encode()))
 
     def _send(self, payload: bytes) -> None:
         self._last_frame = rsp.frame(payload)
