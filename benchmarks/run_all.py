@@ -11,6 +11,7 @@ BENCHMARKS = [
     ["vsock.py"],
     ["nsm.py"],
     ["eif_describe.py"],
+    ["debug.py", "--runs", "5"],
 ]
 
 

@@ -16,16 +16,16 @@ from conftest import GUEST_DIR, ROOT, guest_image
 from nitro_emu.debug.symbols import SymbolError, SystemMap, find_slide, system_map_beside
 from support.gdb_client import GdbClient
 
-SYSTEM_MAP = GUEST_DIR / "tiny" / "System.map"
 FRAME = re.compile(r"^  #(\d+) +([0-9a-f]{16}) (\S+)\+0x[0-9a-f]+/0x[0-9a-f]+", re.M)
 
 
-def no_init_image(tmp_path: Path) -> Path:
-    """The tiny kernel with a ramdisk that is not an initramfs: 'No working init found'."""
+def no_init_image(tmp_path: Path, image: str = "hello") -> Path:
+    """An image's kernel with a ramdisk that is not an initramfs: a kernel panic ('No
+    working init found', or on AWS's kernel 'Unable to mount root fs')."""
     ramdisk = tmp_path / "ramdisk"
     ramdisk.write_bytes(b"not a cpio archive")
     output = tmp_path / "panic.eif"
-    eif.build_eif(output, kernel=guest_image("hello/bzImage"), cmdline="console=ttyS0 panic=30",
+    eif.build_eif(output, kernel=guest_image(f"{image}/bzImage"), cmdline="console=ttyS0 panic=30",
                   ramdisks=[ramdisk], build_time="2024-01-01T00:00:00+00:00")
     return output
 
@@ -36,18 +36,25 @@ def run_cli(*arguments: str, timeout: float = 300) -> subprocess.CompletedProces
 
 
 @pytest.mark.guest
-def test_a_kernel_panic_is_followed_by_a_report_with_a_named_backtrace(tmp_path: Path) -> None:
-    completed = run_cli(str(no_init_image(tmp_path)), "--system-map", str(SYSTEM_MAP))
+@pytest.mark.parametrize("image, profile, method", [
+    ("hello", "tiny", "ORC unwind"),            # CONFIG_UNWINDER_ORC
+    ("hello-aws", "aws", "frame pointers"),     # AWS's config: CONFIG_UNWINDER_FRAME_POINTER
+])
+def test_a_kernel_panic_is_followed_by_a_report_with_a_named_backtrace(
+        tmp_path: Path, image: str, profile: str, method: str) -> None:
+    system_map = GUEST_DIR / profile / "System.map"
+    completed = run_cli(str(no_init_image(tmp_path, image)), "--system-map", str(system_map),
+                        timeout=900)
     lines = completed.stderr.splitlines()
     assert completed.returncode == 1
-    assert lines[0].startswith("nitro-emu: enclave ended: panic: Kernel panic - not syncing: "
-                               "No working init found"), completed.stderr
+    assert lines[0].startswith("nitro-emu: enclave ended: panic: Kernel panic - not syncing: "), \
+        completed.stderr
     report = completed.stderr
     assert lines[1].startswith("--- post-mortem: panic: Kernel panic")
-    assert f"--- symbols from {SYSTEM_MAP}" in report
+    assert f"--- symbols from {system_map}" in report
     assert re.search(r"^  rip ffffffff[0-9a-f]{8} \S+\+0x[0-9a-f]+/0x[0-9a-f]+  cpl 0$", report, re.M)
     assert re.search(r"^=> ffffffff[0-9a-f]{8} ", report, re.M), report
-    assert "kernel stack (ORC unwind):" in report
+    assert f"kernel stack ({method}):" in report
     functions = [name for _, _, name in FRAME.findall(report)]
     assert "panic" in functions and "kernel_init" in functions, report
     assert functions.index("panic") < functions.index("kernel_init")

@@ -1,12 +1,14 @@
 """Backtraces of the guest kernel's stack, for post-mortem reports.
 
-Linux x86-64 kernels are built with the ORC unwinder (CONFIG_UNWINDER_ORC) and without
-frame pointers, so the kernel's own unwind tables are used: `.orc_unwind_ip` (sorted
-32-bit offsets to the code each entry covers) and `.orc_unwind` (6-byte entries telling
-where the caller's stack pointer, return address and frame pointer are), found in guest
-memory through the System.map. This follows arch/x86/kernel/unwind_orc.c. Without them,
-the stack is scanned for words that point into kernel text, as the kernel does with
-`?` entries when it cannot unwind.
+Linux x86-64 kernels are built either with the ORC unwinder (CONFIG_UNWINDER_ORC, the
+default, no frame pointers; the tiny kernel) or with frame pointers
+(CONFIG_UNWINDER_FRAME_POINTER; AWS's enclave kernel). With ORC, the kernel's own unwind
+tables are used: `.orc_unwind_ip` (sorted 32-bit offsets to the code each entry covers)
+and `.orc_unwind` (6-byte entries telling where the caller's stack pointer, return address
+and frame pointer are), found in guest memory through the System.map; this follows
+arch/x86/kernel/unwind_orc.c. Without ORC tables, the RBP chain is followed. When neither
+gives a trace, the stack is scanned for words that point into kernel text, as the kernel
+does with `?` entries when it cannot unwind.
 """
 from __future__ import annotations
 
@@ -164,11 +166,34 @@ def scan_backtrace(read: ReadMemory, rip: int, rsp: int, symbols: SystemMap) -> 
     return frames
 
 
+def frame_pointer_backtrace(read: ReadMemory, rip: int, rsp: int, rbp: int,
+                            symbols: SystemMap) -> list[Frame]:
+    """The RBP chain ([rbp] the caller's rbp, [rbp + 8] the return address) while it stays
+    on the stack RSP is on, goes up, and returns into kernel text."""
+    memory = _Memory(read)
+    frames = [Frame(rip, True)]
+    bottom, top = rsp, (rsp | (THREAD_SIZE - 1)) + 1
+    while len(frames) < MAX_FRAMES and bottom <= rbp < top - 16 and not rbp & 7:
+        caller_rbp, address = memory.u64(rbp), memory.u64(rbp + 8)
+        if address is None or not symbols.is_text(address):
+            break
+        frames.append(Frame(address, True))
+        if caller_rbp is None or caller_rbp <= rbp:
+            break
+        bottom, rbp = rbp + 16, caller_rbp
+    return frames
+
+
 def backtrace(read: ReadMemory, registers: dict[str, int], symbols: SystemMap
               ) -> tuple[str, list[Frame]]:
-    """("ORC unwind" or "stack scan", frames) for the kernel stack."""
+    """(method, frames) for the kernel stack: "ORC unwind", "frame pointers" or, when
+    neither gives more than the current frame, "stack scan"."""
     try:
         tables = OrcTables(symbols, read)
     except LookupError:
+        frames = frame_pointer_backtrace(read, registers["rip"], registers["rsp"],
+                                         registers["rbp"], symbols)
+        if len(frames) > 1:
+            return "frame pointers", frames
         return "stack scan", scan_backtrace(read, registers["rip"], registers["rsp"], symbols)
     return "ORC unwind", orc_backtrace(tables, read, registers, symbols)
