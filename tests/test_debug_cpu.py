@@ -77,7 +77,7 @@ def test_a_write_watchpoint_stops_the_slice_soon_after_the_write_and_names_the_a
     assert port.add_watchpoint(DATA, 16, "write")
     machine.vcpu.write_register("rip", CODE)
     assert machine.vcpu.run_slice() == "stopped"
-    assert port.stop == Stop("write", DATA + 4)
+    assert port.stop == Stop("write", DATA + 4, by=CODE + 3)  # the mov made the write
     assert machine.ram.read_u64(DATA + 4) == 1            # the write happened
     assert machine.reg("rip") == CODE + 8                 # end of the writing block
     assert port.remove_watchpoint(DATA, 16, "write")
@@ -92,7 +92,7 @@ def test_a_read_watchpoint_ignores_writes_and_catches_an_overlapping_read() -> N
     assert port.add_watchpoint(DATA + 8, 2, "read")
     machine.vcpu.write_register("rip", CODE)
     assert machine.vcpu.run_slice() == "stopped"
-    assert port.stop == Stop("read", DATA + 8)  # the 8-byte read at DATA+4 covers it
+    assert port.stop == Stop("read", DATA + 8, by=CODE + 7)  # the 8-byte read at DATA+4
 
 
 def test_memory_is_read_and_written_by_virtual_address_and_unmapped_pages_cut_it_short() -> None:

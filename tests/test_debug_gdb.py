@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import GUEST_DIR, ROOT, guest_image
+from support.images import GUEST_DIR, ROOT, guest_image
 
 pytestmark = [pytest.mark.guest,
               pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from conftest import GUEST_DIR, guest_image
+from support.images import GUEST_DIR, guest_image
 from nitro_emu import Machine
 from nitro_emu.boot.loader import BOOT_PARAMS_ADDRESS, KERNEL_ADDRESS
 from nitro_emu.debug import rsp

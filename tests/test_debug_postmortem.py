@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import eif
-from conftest import GUEST_DIR, ROOT, guest_image
+from support.images import GUEST_DIR, ROOT, guest_image
 from nitro_emu.debug.symbols import SymbolError, SystemMap, find_slide, system_map_beside
 from support.gdb_client import GdbClient
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from board.bus import PortBus
 from board.memory import GuestRam
-from conftest import ROOT, guest_image
+from support.images import ROOT, guest_image
 from nitro_emu import Machine
 from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz
 from nitro_emu.cpu.delivery import ExceptionDelivery
@@ -90,6 +90,7 @@ def test_exceptions_interrupts_and_device_accesses_name_their_instruction(
     assert any(event.startswith("mmio write 0xd0000070 (4)") for _, event in events)  # status
 
 
+@pytest.mark.guest
 def test_no_trace_and_no_debugger_install_nothing(state_dir: Path) -> None:
     ram = GuestRam(1 << 20)
     ports = PortBus()

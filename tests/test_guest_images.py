@@ -83,6 +83,7 @@ def test_programs_keep_an_unstripped_copy_with_the_same_build_id(programs):
         assert base == (0x400000 if name == "init" else TEST_PROGRAM_BASE), name
 
 
+@pytest.mark.guest
 def test_the_build_output_has_the_programs_with_symbols(hello_dir, programs):
     for name, path in programs.items():
         assert (hello_dir / "programs" / name).read_bytes() == debug_copy(path).read_bytes()
