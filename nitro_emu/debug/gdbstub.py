@@ -106,7 +106,7 @@ class GdbStub:
     def pause_point(self) -> None:
         """Between CPU slices: hold the CPU if a stop, Ctrl-C, a new debugger or `wait`
         asks for it."""
-        stop, self._target.port.stop = self._target.port.stop, None
+        stop = self._target.take_stop()
         if stop is not None and self._client is not None:
             if stop.by is not None:
                 self._tell(f"nitro-emu: {stop.address:#x} was accessed by the instruction at "
@@ -264,7 +264,7 @@ class GdbStub:
             if detached:
                 self._announce("nitro-emu: debugger detached; the enclave runs on")
         if self._target is not None:
-            self._target.port.clear()
+            self._target.forget_debugger()
         self._breakpoint_kinds.clear()
         self._decoder = rsp.PacketDecoder()
         self._queue.clear()
@@ -381,7 +381,7 @@ class GdbStub:
     def _step(self) -> None:
         target = self._target
         ended = target.step()
-        stop, target.port.stop = target.port.stop, None
+        stop = target.take_stop()
         if ended == "fault":
             self._last_stop = stop_reply(SIGSEGV)
         elif stop is not None and stop.kind != "step":

@@ -12,7 +12,6 @@ from nitro_emu.cpu.vcpu import Vcpu
 from nitro_emu.debug.config import DebugConfig
 from nitro_emu.debug.gdbstub import GdbStub
 from nitro_emu.debug.target import MachineTarget
-from nitro_emu.debug.trace import Tracer
 
 
 class DebugSession:
@@ -23,8 +22,9 @@ class DebugSession:
         self.stub = GdbStub(config.gdb, config.gdb_wait, config.announce) if config.gdb else None
         self.target: MachineTarget | None = None
         self._trace_out: TextIO | None = None
-        self.tracer: Tracer | None = None
+        self.tracer = None
         if config.trace:
+            from nitro_emu.debug.trace import Tracer  # capstone and the taps: only for a trace
             if config.trace_file is None:
                 out = sys.stderr
             else:

@@ -1,11 +1,13 @@
 """The machine as a debugger sees it: registers, memory, breakpoints, watchpoints,
-stepping, and a clock that stands still while the debugger holds the CPU."""
+stepping, and a clock that stands still while the debugger holds the CPU. The vCPU's
+debug port is made when a debugger first needs it, so a stub that only listens costs
+nothing (not even the scratch CPU that proves Unicorn's debug offsets)."""
 from __future__ import annotations
 
 from typing import Callable
 
 from board.clock import VirtualClock
-from nitro_emu.cpu.debugging import DebugPort
+from nitro_emu.cpu.debugging import DebugPort, Stop, VirtualMemory
 from nitro_emu.cpu.vcpu import Vcpu
 from nitro_emu.debug.registers import RegisterFile
 
@@ -17,12 +19,30 @@ class MachineTarget:
     def __init__(self, vcpu: Vcpu, clock: VirtualClock, end_machine: Callable[[str], None],
                  finished: Callable[[], bool]) -> None:
         self.vcpu = vcpu
-        self.port = DebugPort(vcpu)
-        self.memory = self.port.memory
+        self._port: DebugPort | None = None
+        self.memory = VirtualMemory(vcpu)
         self.registers = RegisterFile(vcpu)
         self._clock = clock
         self._end_machine = end_machine
         self.finished = finished
+
+    @property
+    def port(self) -> DebugPort:
+        if self._port is None:
+            self._port = DebugPort(self.vcpu)
+        return self._port
+
+    def take_stop(self) -> Stop | None:
+        """Why the last slice ended for the debugger, once (None: it did not)."""
+        if self._port is None or self._port.stop is None:
+            return None
+        stop, self._port.stop = self._port.stop, None
+        return stop
+
+    def forget_debugger(self) -> None:
+        """No breakpoint, watchpoint or step left behind by a debugger that went away."""
+        if self._port is not None:
+            self._port.clear()
 
     def hold(self) -> None:
         """The debugger has the CPU: guest time stops (virtual clock and TSC)."""
@@ -50,4 +70,5 @@ class MachineTarget:
         self._end_machine("the debugger killed the enclave")
 
     def close(self) -> None:
-        self.port.close()
+        if self._port is not None:
+            self._port.close()
