@@ -100,6 +100,11 @@ def test_registers_at_the_boot_entry_read_and_write(held: Held) -> None:
     assert client.command(b"P%x=%s" % (NUMBERS["rax"], rsp.to_hex((0x1122334455).to_bytes(8, "little")))) == b"OK"
     assert held.register("rax") == 0x1122334455
     assert client.command(b"P%x=%s" % (NUMBERS["cs"], b"33000000")).startswith(b"E")
+    assert client.command(b"P%x=%s" % (NUMBERS["cr0"], b"00" * 8)).startswith(b"E")  # mode
+    eflags = held.register("eflags")
+    assert client.command(b"P%x=%s" % (NUMBERS["eflags"], rsp.to_hex((eflags | 0x41).to_bytes(4, "little")))) == b"OK"
+    assert held.register("eflags") == eflags | 0x41                  # CF and ZF
+    assert client.command(b"P%x=%s" % (NUMBERS["eflags"], rsp.to_hex((eflags | 0x20000).to_bytes(4, "little")))).startswith(b"E")  # VM
     assert client.command(b"p%x" % len(REGISTERS)).startswith(b"E")
     assert client.command(b"P%x=00" % NUMBERS["rbx"]).startswith(b"E")   # wrong size
 
@@ -220,3 +225,12 @@ def test_one_debugger_at_a_time(held: Held) -> None:
     assert second.recv(16) == b""
     second.close()
     assert held.client.command(b"?") == b"T05thread:01;"
+
+
+def test_a_debugger_that_floods_a_running_guest_with_packets_is_cut_off(held: Held) -> None:
+    client = held.client
+    client.send(b"c")
+    assert client.read_ack() == b"+"
+    client.send_raw(rsp.frame(b"?") * 2000)
+    assert held.finish().ok   # dropped like a detach: the enclave ran to its end
+    assert any("without waiting for answers" in line for line in held.announcements)

@@ -39,6 +39,7 @@ READ_LIMIT = (rsp.MAX_PACKET - 16) // 2
 SEND_TIMEOUT = 10.0
 POLL_SECONDS = 0.25       # how often a blocked stub checks whether the run was ended
 LINGER_SECONDS = 0.5      # how long a closing connection waits for the debugger to close
+MAX_QUEUED = 256          # packets waiting while the CPU runs (GDB sends none but Ctrl-C)
 _WATCH_TYPES = {2: "write", 3: "read", 4: "access"}
 _WATCH_REASONS = {"write": "watch", "read": "rwatch", "access": "awatch"}
 # How a run that ended while a debugger waited is reported to it: the dead states stop
@@ -253,6 +254,10 @@ class GdbStub:
                     self._hold_reason = stop_reply(SIGINT)
             else:
                 self._queue.append(event)
+        if self._resumed and len(self._queue) > MAX_QUEUED:
+            self._announce("nitro-emu: the debugger sent packets without waiting for "
+                           "answers; its connection is closed")
+            self._drop_client(detached=True)
 
     def _drop_client(self, detached: bool) -> None:
         """Forget the debugger: its breakpoints and watchpoints go, and the machine runs on."""
@@ -296,7 +301,10 @@ class GdbStub:
             return self._dispatch(payload)
         except (ValueError, RegisterError, IndexError):
             self._send(ERROR_INVALID)
-            return False
+        except Exception as error:  # the debugger's input must never end the run
+            self._announce(f"nitro-emu: gdb stub: {payload[:24]!r} failed: {error!r}")
+            self._send(b"E01")
+        return False
 
     def _dispatch(self, payload: bytes) -> bool:
         command, body = payload[:1], payload[1:]

@@ -19,6 +19,12 @@ _SEGMENTS = ("cs", "ss", "ds", "es", "fs", "gs")
 _X87 = {"fctrl": "fpcw", "fstat": "fpsw", "ftag": "fptag", "fiseg": "fcs", "fioff": "fip",
         "foseg": "fds", "fooff": "fdp", "fop": "fop"}
 _X87_64BIT = {"fioff", "fooff"}  # the others are 16-bit in the CPU
+# What sets the CPU's mode stays as the guest set it: Unicorn takes such writes without the
+# checks a real CPU makes, and a mode it cannot translate in would end the emulator, not
+# just the guest. (Selectors also load descriptors from guest memory, which may fault.)
+_MODE_REGISTERS = frozenset(_SEGMENTS) | {"cr0", "cr3", "cr4", "efer"}
+# RFLAGS bits a debugger may change: arithmetic flags, TF, IF, DF, RF, AC.
+_EFLAGS_WRITABLE = 0x8D5 | 0x100 | 0x200 | 0x400 | 0x10000 | 0x40000
 
 
 class RegisterError(ValueError):
@@ -166,10 +172,11 @@ class RegisterFile:
 
     def _store(self, name: str, value: int) -> None:
         vcpu = self._vcpu
-        if name in _SEGMENTS:
-            # Loading a selector reads its descriptor from guest memory, which may fault
-            # outside the CPU loop; a debugger has no need to do it.
-            raise RegisterError(f"segment register {name} cannot be changed by the debugger")
+        if name in _MODE_REGISTERS:
+            raise RegisterError(f"{name} sets the CPU's mode and cannot be changed by the debugger")
+        if name == "eflags" and (value ^ self._value(name)) & ~_EFLAGS_WRITABLE:
+            raise RegisterError("only the arithmetic flags, TF, IF, DF, RF and AC of eflags "
+                                "can be changed by the debugger")
         if name.startswith("st"):
             vcpu.write_register(self._x87_physical(int(name[2:])),
                                 (value & (1 << 64) - 1, value >> 64))
