@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,22 @@ def test_quoted_bytes_are_printable_ascii(data: bytes, truncated: bool) -> None:
     text = quote(data, truncated)
     assert text.isascii() and text.isprintable()
     assert text.startswith('"') and text.endswith('"...' if truncated else '"')
+
+
+@pytest.mark.guest
+def test_a_busy_gdb_port_or_an_unwritable_trace_file_is_one_line(tmp_path: Path) -> None:
+    busy = socket.create_server(("127.0.0.1", 0))
+    cases = [(["--gdb", f"127.0.0.1:{busy.getsockname()[1]}"],
+              f"gdb stub: cannot listen on 127.0.0.1:{busy.getsockname()[1]}: Address already in use"),
+             (["--trace", "io", "--trace-file", str(tmp_path / "no" / "such" / "dir")],
+              "No such file or directory")]
+    try:
+        for options, message in cases:
+            completed = subprocess.run([sys.executable, "-m", "nitro_emu",
+                                        str(guest_image("hello.eif")), "--guest-cid", "16",
+                                        *options], capture_output=True, text=True, cwd=ROOT)
+            assert completed.returncode == 1
+            assert completed.stderr.startswith("nitro-emu: error: ") and message in completed.stderr
+            assert len(completed.stderr.strip().splitlines()) == 1
+    finally:
+        busy.close()

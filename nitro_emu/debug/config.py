@@ -8,6 +8,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
+from nitro_emu.errors import NitroEmuError
+
+
+class DebugError(NitroEmuError):
+    """Debugging tools that cannot be set up as asked (a busy port, an unwritable file)."""
+
 
 def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)

@@ -20,6 +20,7 @@ timers or virtual clock.
 from __future__ import annotations
 
 import collections
+import os
 import select
 import selectors
 import socket
@@ -29,6 +30,7 @@ from typing import Callable
 from board.reactor import HostReactor
 from nitro_emu.cpu.debugging import Stop
 from nitro_emu.debug import rsp
+from nitro_emu.debug.config import DebugError
 from nitro_emu.debug.registers import RegisterError, target_xml
 from nitro_emu.debug.target import MachineTarget
 
@@ -74,7 +76,12 @@ class GdbStub:
 
     def __init__(self, address: tuple[str, int], wait: bool,
                  announce: Callable[[str], None]) -> None:
-        self._listener = socket.create_server(address)
+        try:
+            self._listener = socket.create_server(address)
+        except OSError as error:
+            reason = os.strerror(error.errno) if error.errno else str(error)
+            raise DebugError(f"gdb stub: cannot listen on {address[0] or '*'}:{address[1]}: "
+                             f"{reason}") from None
         self._listener.setblocking(False)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
         self._announce = announce

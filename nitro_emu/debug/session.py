@@ -9,7 +9,7 @@ from board.clock import VirtualClock
 from board.interfaces import MmioDevice
 from board.reactor import HostReactor
 from nitro_emu.cpu.vcpu import Vcpu
-from nitro_emu.debug.config import DebugConfig
+from nitro_emu.debug.config import DebugConfig, DebugError
 from nitro_emu.debug.gdbstub import GdbStub
 from nitro_emu.debug.target import MachineTarget
 
@@ -28,7 +28,11 @@ class DebugSession:
             if config.trace_file is None:
                 out = sys.stderr
             else:
-                out = self._trace_out = open(config.trace_file, "w", encoding="utf-8")
+                try:
+                    out = self._trace_out = open(config.trace_file, "w", encoding="utf-8")
+                except OSError as error:
+                    raise DebugError(f"trace file {config.trace_file}: "
+                                     f"{error.strerror or error}") from None
             self.tracer = Tracer(config.trace, out)
 
     def ports(self, read: Callable[[int, int], int], write: Callable[[int, int, int], None]
