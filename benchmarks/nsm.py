@@ -113,7 +113,7 @@ def _loop_eif(work: Path, count: int) -> Path:
     initramfs archive overwrites a file of the same name)."""
     from eif import read_eif
     from eif.builder import build_eif
-    from guest import cpio
+    from eif import cpio
 
     image = read_eif(ATTEST_EIF)
     raw = ATTEST_EIF.read_bytes()

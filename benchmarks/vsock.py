@@ -150,7 +150,7 @@ GUEST_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 def _sender_eif(directory: str, command: str) -> str:
     """echo.eif's kernel and ramdisks with the application's /cmd replaced."""
     from eif.builder import build_eif
-    from guest import cpio
+    from eif import cpio
     source = os.path.join(GUEST_DIR, "echo")
     entries = []
     with open(os.path.join(source, "ramdisk-2.cpio"), "rb") as f:

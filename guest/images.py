@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from guest import cpio
+from eif import cpio
 from guest.errors import GuestBuildError
 
 # AWS's x86_64 enclave command line (blobs/x86_64/cmdline), exactly (docs/spec/eif.md §4.1).

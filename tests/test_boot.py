@@ -14,7 +14,7 @@ import pytest
 
 import eif
 from support.images import ROOT, guest_image
-from guest import cpio
+from eif import cpio
 from nitro_emu import Machine
 from nitro_emu.boot.bzimage import BadKernelError
 

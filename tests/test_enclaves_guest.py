@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from guest import cpio
+from eif import cpio
 from support.enclave_cli import ROOT, NitroCli, assert_nitro_error, pid_alive
 from support.images import guest_image
 from test_vsock_guest import build_sender_eif

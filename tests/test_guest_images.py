@@ -8,7 +8,7 @@ import pytest
 
 from eif import read_eif
 from guest import build as gbuild
-from guest import cpio
+from eif import cpio
 from guest.images import AWS_CMDLINE, IMAGES, TEST_PROGRAMS, application_ramdisk, bootstrap_ramdisk
 from guest.kernel import PROFILES, check_config, parse_config
 from guest.programs import PROGRAMS, TEST_PROGRAM_BASE, build_programs, compile_programs, debug_copy

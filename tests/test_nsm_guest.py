@@ -63,7 +63,7 @@ def _eif_with_command(source: Path, command: str, work: Path) -> Path:
     (a later initramfs archive overwrites a file of the same name); PCRs change, which is
     fine for these checks."""
     from eif.builder import build_eif
-    from guest import cpio
+    from eif import cpio
 
     image = read_eif(source)
     raw = source.read_bytes()

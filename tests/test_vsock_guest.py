@@ -16,7 +16,7 @@ import zlib
 import pytest
 
 from devices.vsock import VsockConfig
-from guest import cpio
+from eif import cpio
 from nitro_emu import Machine
 from support.images import guest_image
 
