@@ -1,8 +1,9 @@
 """The guest images: what each one runs, and how its two ramdisks are laid out.
 
-Layout as nitro-cli writes it: ramdisk 1 (bootstrap) holds `dev/` and `init`; ramdisk 2
-(application) holds `rootfs/` (busybox-static, our test programs, the standard empty
-directories), `cmd` (one argv element per line) and `env` (KEY=value per line).
+Layout as nitro-cli writes it (eif.ramdisks, shared with build-enclave): ramdisk 1
+(bootstrap) holds `dev/` and `init`; ramdisk 2 (application) holds `rootfs/` (busybox-static,
+our test programs, the standard empty directories), `cmd` (one argv element per line) and
+`env` (KEY=value per line).
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eif import cpio
+from eif import cpio, ramdisks
+from eif.errors import EifError
 from guest.errors import GuestBuildError
 
 # AWS's x86_64 enclave command line (blobs/x86_64/cmdline), exactly (docs/spec/eif.md §4.1).
@@ -54,19 +56,9 @@ IMAGES = {
 }
 
 
-def _check_lines(what: str, items: tuple[str, ...]) -> None:
-    for s in items:
-        if "\n" in s or "\0" in s:
-            raise GuestBuildError(f"{what} element {s!r} contains a newline or NUL")
-
-
 def bootstrap_ramdisk(init: Path, mtime: int) -> bytes:
     """Ramdisk 1: dev/ (with a console node for the kernel's first open) and init."""
-    return cpio.newc_archive([
-        cpio.directory("dev"),
-        cpio.chardev("dev/console", 5, 1),
-        cpio.file("init", init.read_bytes(), 0o755),
-    ], mtime)
+    return cpio.newc_archive(ramdisks.bootstrap_entries(init.read_bytes()), mtime)
 
 
 def busybox_entries() -> list[cpio.Entry]:
@@ -85,16 +77,15 @@ def busybox_entries() -> list[cpio.Entry]:
 
 def application_ramdisk(image: Image, programs: dict[str, Path], mtime: int) -> bytes:
     """Ramdisk 2: rootfs/ with busybox and the test programs, plus cmd and env."""
-    _check_lines(f"image {image.name}: cmd", image.cmd)
-    _check_lines(f"image {image.name}: env", image.env)
     entries = busybox_entries()
-    for d in ("dev", "run", "sys", "var", "proc", "root", "etc"):
+    for d in ("root", "etc"):   # the mount point directories: eif.ramdisks
         entries.append(cpio.directory(f"rootfs/{d}"))
     entries.append(cpio.Entry("rootfs/tmp", stat.S_IFDIR | 0o1777))
     entries.append(cpio.file("rootfs/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n"))
     entries.append(cpio.file("rootfs/etc/group", b"root:x:0:\n"))
     for name in TEST_PROGRAMS:
         entries.append(cpio.file(f"rootfs/bin/{name}", programs[name].read_bytes(), 0o755))
-    entries.append(cpio.file("cmd", "".join(s + "\n" for s in image.cmd).encode()))
-    entries.append(cpio.file("env", "".join(s + "\n" for s in image.env).encode()))
-    return cpio.newc_archive(entries, mtime)
+    try:
+        return cpio.newc_archive(ramdisks.customer_entries(entries, image.cmd, image.env), mtime)
+    except EifError as error:
+        raise GuestBuildError(f"image {image.name}: {error}") from None

@@ -1,6 +1,6 @@
 """Command line: `python -m nitro_emu EIF --guest-cid N` runs an enclave in the foreground;
-the other verbs (describe-eif, build-eif, pcr, ca, attest, and the enclave lifecycle:
-run-enclave, describe-enclaves, console, terminate-enclave, sign-eif, explain,
+the other verbs (describe-eif, build-eif, build-enclave, pcr, ca, attest, and the enclave
+lifecycle: run-enclave, describe-enclaves, console, terminate-enclave, sign-eif, explain,
 vsock-connect) speak nitro-cli's language. `nitro-cli` (nitro_emu.cli.nitro_cli) is the
 same verbs behind nitro-cli's own command line.
 
@@ -22,6 +22,7 @@ from nitro_emu.errors import NitroEmuError
 VERBS = {
     "describe-eif": "nitro_emu.cli.eif_commands",
     "build-eif": "nitro_emu.cli.eif_commands",
+    "build-enclave": "nitro_emu.cli.build_enclave",
     "pcr": "nitro_emu.cli.eif_commands",
     "ca": "nitro_emu.cli.attest_commands",
     "attest": "nitro_emu.cli.attest_commands",
@@ -38,6 +39,7 @@ RUN_MODULE = "nitro_emu.cli.run_command"
 USAGE = """usage: python -m nitro_emu EIF --guest-cid N [--memory MiB] [--debug-mode] [...]
        python -m nitro_emu describe-eif --eif-path EIF
        python -m nitro_emu build-eif --kernel K --cmdline CMD --ramdisk R ... --output EIF
+       python -m nitro_emu build-enclave --docker-uri IMAGE --output-file EIF [...]
        python -m nitro_emu pcr (--input FILE | --signing-certificate PEM)
        python -m nitro_emu ca export
        python -m nitro_emu attest verify DOC [--root PEM] [--pcr N=HEX ...] [--nonce HEX]

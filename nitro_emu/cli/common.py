@@ -1,9 +1,12 @@
-"""Helpers shared by the verbs: an argument parser whose errors are one line."""
+"""Helpers shared by the verbs: an argument parser whose errors are one line, and
+nitro-cli's JSON output."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import NoReturn
 
+from eif import jsonfmt
 from nitro_emu.errors import UsageError
 
 
@@ -13,3 +16,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message}")
+
+
+def print_json(value: object) -> None:
+    """nitro-cli's pretty JSON (4 spaces, serde's escaping) on stdout."""
+    sys.stdout.write(jsonfmt.dumps_pretty(value) + "\n")
+    sys.stdout.flush()

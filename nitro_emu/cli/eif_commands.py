@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 
-from eif import jsonfmt
 from eif.builder import build_eif
 from eif.describe import describe
 from eif.errors import EifError
@@ -15,13 +14,8 @@ from eif.metadata import load_custom_metadata_file
 from eif.pcr import DEFAULT_HASH_ALGORITHM, pcr_of_file
 from eif.signature import pcr8_from_certificate
 from eif.reader import read_eif
-from nitro_emu.cli.common import ArgumentParser
+from nitro_emu.cli.common import ArgumentParser, print_json
 from nitro_emu.errors import UsageError
-
-
-def _print_json(value: object) -> None:
-    sys.stdout.write(jsonfmt.dumps_pretty(value) + "\n")
-    sys.stdout.flush()
 
 
 def describe_eif(argv: list[str]) -> int:
@@ -31,7 +25,7 @@ def describe_eif(argv: list[str]) -> int:
                                         "signature and metadata as nitro-cli does.")
     parser.add_argument("--eif-path", required=True, help="the EIF file")
     args = parser.parse_args(argv)
-    _print_json(describe(read_eif(args.eif_path), DEFAULT_HASH_ALGORITHM))
+    print_json(describe(read_eif(args.eif_path), DEFAULT_HASH_ALGORITHM))
     return 0
 
 
@@ -64,7 +58,7 @@ def build(argv: list[str]) -> int:
         arch=args.arch, signing_certificate=args.signing_certificate,
         private_key=args.private_key)
     print("Enclave Image successfully created.", file=sys.stderr)
-    _print_json(Fields([("Measurements", Fields(measurements.to_json_dict().items()))]))
+    print_json(Fields([("Measurements", Fields(measurements.to_json_dict().items()))]))
     return 0
 
 
@@ -78,7 +72,7 @@ def pcr(argv: list[str]) -> int:
     group.add_argument("--signing-certificate", help="PEM certificate")
     args = parser.parse_args(argv)
     if args.input is not None:
-        _print_json({"PCR": pcr_of_file(args.input).hex()})
+        print_json({"PCR": pcr_of_file(args.input).hex()})
     else:
         with open(args.signing_certificate, "rb") as file:
             pem = file.read(1 << 20)
@@ -86,7 +80,7 @@ def pcr(argv: list[str]) -> int:
             value = pcr8_from_certificate(pem)
         except EifError as error:
             raise EifError(f"{args.signing_certificate}: {error}") from None
-        _print_json({"PCR8": value.hex()})
+        print_json({"PCR8": value.hex()})
     return 0
 
 
