@@ -10,6 +10,11 @@ what a boot loader hands the kernel), <name>/ramdisk-1.cpio, <name>/ramdisk-2.cp
 <name>/cmdline, <profile>/bzImage with its <profile>/vmlinux and <profile>/System.map (for
 debuggers and post-mortem reports), programs/<program> (the guest programs with their
 symbols, for debuggers), and manifest.json (sizes, PCRs, paths).
+
+Container images (images.CONTAINER_IMAGES, e.g. `python`) are written as an OCI layout
+(<name>/oci) and made into <name>.eif by build-enclave with <name>/blobs. The blobs
+directories (images.BLOB_SETS: `blobs` on the aws kernel, where build-enclave looks by
+default, and `blobs-tiny`) hold nitro-cli's bzImage, bzImage.config, init and cmdline.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from eif import EifError, build_eif
+from eif import EifError, build_eif, read_eif
 from guest import images as img
 from guest.env import (BUILD_TIME, GUEST_DIR, SOURCE_DATE_EPOCH, cache_root, hash_tree, locked,
                        try_locked)
@@ -79,6 +84,49 @@ def build_image(image: img.Image, stage: Path, programs: dict[str, Path], log=pr
     return entry
 
 
+def write_blobs(directory: Path, kernel: Path, init: Path) -> None:
+    """A nitro-cli-style blobs directory: bzImage (+ .config), init, cmdline."""
+    directory.mkdir(parents=True, exist_ok=True)
+    _link_or_copy(kernel, directory / "bzImage")
+    _link_or_copy(kernel_artifacts(kernel)[".config"], directory / "bzImage.config")
+    _link_or_copy(init, directory / "init")
+    (directory / "cmdline").write_text(img.AWS_CMDLINE + "\n")
+
+
+def build_container_image(image: img.ContainerImage, stage: Path, programs: dict[str, Path],
+                          log=print, jobs: int = 2) -> dict:
+    """Write a container image's OCI layout and make its EIF with build-enclave, the
+    path a user's image takes; returns its manifest entry."""
+    from nitro_emu.container.build import build_enclave
+    from nitro_emu.container.enclave_blobs import load_blobs
+    from nitro_emu.container.reference import parse_reference
+    from nitro_emu.errors import NitroEmuError
+
+    kernel = build_kernel(image.kernel, jobs=jobs, log=log)
+    d = stage / image.name
+    write_blobs(d / "blobs", kernel, programs["init"])
+    image.write_layout(d / "oci", stage / f".work-{image.name}", log)
+    eif = stage / f"{image.name}.eif"
+    started = time.monotonic()
+    try:
+        result = build_enclave(parse_reference(f"oci:{d / 'oci'}:latest"), str(eif),
+                               load_blobs(str(d / "blobs")),
+                               name=f"{EIF_VERSION_NAME}-{image.name}", version="1.0",
+                               scratch_dir=str(stage))
+    except (NitroEmuError, EifError) as e:
+        raise GuestBuildError(f"image {image.name}: build-enclave: {e}") from e
+    seconds = time.monotonic() - started
+    built = read_eif(eif)
+    (d / "initrd.cpio").write_bytes(built.read_ramdisks())
+    (d / "cmdline").write_text(built.cmdline)
+    for fname, path in kernel_artifacts(kernel).items():
+        if fname != ".config":
+            _link_or_copy(path, d / fname)
+    return {"kernel": image.kernel, "cmd": list(image.cmd), "cmdline": built.cmdline,
+            "eif": f"{image.name}.eif", "size": eif.stat().st_size,
+            "pcrs": _pcrs_of(result.measurements), "build_enclave_seconds": round(seconds, 2)}
+
+
 def _build_missing(missing: list[str], cache: Path, manifest: dict, log, jobs: int) -> None:
     """Build the images not yet in the cache and record them in the manifest."""
     manifest_path = cache / "manifest.json"
@@ -88,7 +136,10 @@ def _build_missing(missing: list[str], cache: Path, manifest: dict, log, jobs: i
         stage = cache / ".stage"
         shutil.rmtree(stage, ignore_errors=True)
         stage.mkdir(parents=True)
-        entry = build_image(img.IMAGES[n], stage, programs, log, jobs)
+        if n in img.CONTAINER_IMAGES:
+            entry = build_container_image(img.CONTAINER_IMAGES[n], stage, programs, log, jobs)
+        else:
+            entry = build_image(img.IMAGES[n], stage, programs, log, jobs)
         shutil.rmtree(cache / n, ignore_errors=True)
         (stage / n).rename(cache / n)
         (stage / f"{n}.eif").replace(cache / f"{n}.eif")
@@ -102,10 +153,12 @@ def _build_missing(missing: list[str], cache: Path, manifest: dict, log, jobs: i
 def build(out: Path, only: list[str] | None = None, log=print, jobs: int = 2) -> dict:
     """Build the selected images (all by default) into `out`; returns the manifest.
     `jobs` is make's -j for kernel builds."""
-    names = only or list(img.IMAGES)
-    unknown = [n for n in names if n not in img.IMAGES]
+    known = [*img.IMAGES, *img.CONTAINER_IMAGES, *img.BLOB_SETS]
+    selected = only or known
+    unknown = [n for n in selected if n not in known]
     if unknown:
-        raise GuestBuildError(f"unknown image(s) {', '.join(unknown)}; known: {', '.join(img.IMAGES)}")
+        raise GuestBuildError(f"unknown image(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    names = [n for n in selected if n not in img.BLOB_SETS]
     cache = cache_root() / "images" / images_key()
     cache.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,6 +178,12 @@ def build(out: Path, only: list[str] | None = None, log=print, jobs: int = 2) ->
                 _link_or_copy(cache / n / fname, prof / fname)
     _prune(cache.parent, keep=cache)
     _copy_debug_programs(out / "programs", log)
+    blob_sets = [n for n in selected if n in img.BLOB_SETS]
+    if blob_sets:
+        programs = build_programs(log)
+        for n in blob_sets:
+            write_blobs(out / n, build_kernel(img.BLOB_SETS[n], jobs=jobs, log=log),
+                        programs["init"])
     out_manifest = out / "manifest.json"
     old = json.loads(out_manifest.read_text()) if out_manifest.is_file() else {}
     old.update({n: manifest[n] for n in names})
@@ -169,7 +228,8 @@ def _prune(images_dir: Path, keep: Path, count: int = 3) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m guest.build", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("build/guest"), help="output directory")
-    p.add_argument("--only", nargs="+", metavar="NAME", help=f"images to build ({', '.join(img.IMAGES)})")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="images to build ("
+                   f"{', '.join([*img.IMAGES, *img.CONTAINER_IMAGES, *img.BLOB_SETS])})")
     p.add_argument("--jobs", "-j", type=int, default=2, metavar="N",
                    help="parallel jobs for kernel builds (default 2)")
     args = p.parse_args(argv)
@@ -180,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     except GuestBuildError as e:
         print(f"guest build: {e}", file=sys.stderr)
         return 1
+    for n in args.only or []:
+        if n in img.BLOB_SETS:
+            print(f"{args.out / n}: blobs on the {img.BLOB_SETS[n]} kernel")
     for n, e in result.items():
         print(f"{args.out / e['eif']}: {e['size']} bytes, PCR0 {e['pcrs'].get('PCR0', '?')}")
     return 0

@@ -11,9 +11,11 @@ import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from eif import cpio, ramdisks
 from eif.errors import EifError
+from guest import python_image
 from guest.errors import GuestBuildError
 
 # AWS's x86_64 enclave command line (blobs/x86_64/cmdline), exactly (docs/spec/eif.md §4.1).
@@ -54,6 +56,25 @@ IMAGES = {
         "vsock-echo 5000 & n=0; while :; do n=$((n+1)); "
         "nsm attest --nonce $(printf %08x $n) || exit 1; sleep 1; done")),
 }
+
+
+@dataclass(frozen=True)
+class ContainerImage:
+    """An EIF made from a container image by build-enclave: `write_layout(dir, work, log)`
+    writes its OCI layout; the kernel profile names the blobs directory it is built with."""
+
+    name: str
+    kernel: str
+    cmd: tuple[str, ...]
+    write_layout: Callable[..., None]
+
+
+CONTAINER_IMAGES = {
+    "python": ContainerImage("python", "aws", tuple(python_image.CMD), python_image.write_layout),
+}
+# nitro-cli-style blobs directories the build writes (name -> kernel profile): `blobs` is
+# what build-enclave finds by default; `blobs-tiny` boots faster, for tests.
+BLOB_SETS = {"blobs": "aws", "blobs-tiny": "tiny"}
 
 
 def bootstrap_ramdisk(init: Path, mtime: int) -> bytes:
