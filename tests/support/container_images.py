@@ -30,6 +30,7 @@ def sample_layers(busybox: bytes) -> list[list[Member]]:
         Member("bin", "dir", mode=0o755),
         Member("bin/busybox", data=busybox, mode=0o755),
         Member("bin/sh", "symlink", target="busybox"),
+        Member("bin/list-tree", data=LIST_SCRIPT.encode(), mode=0o755),
         Member("data", "dir", mode=0o755, uid=10, gid=20),
         Member("data/keep.txt", data=b"kept\n", mode=0o640, uid=1000, gid=1000),
         Member("data/gone.txt", data=b"whited out\n"),
@@ -67,7 +68,7 @@ def sample_layers(busybox: bytes) -> list[list[Member]]:
 
 def sample_image(busybox: bytes, compressions=("gzip", "zstd", None)) -> ImageSpec:
     layers = [(layer_tar(m), how) for m, how in zip(sample_layers(busybox), compressions)]
-    return ImageSpec(layers, cmd=["/bin/sh", "-c", LIST_SCRIPT])
+    return ImageSpec(layers, cmd=["/bin/sh", "/bin/list-tree"])
 
 
 def md5(data: bytes) -> str:
@@ -83,6 +84,7 @@ def expected_tree(busybox: bytes) -> dict[str, tuple]:
         "./bin": (d | 0o755, 0, 0, None, None, None),
         "./bin/busybox": (f | 0o755, 0, 0, len(busybox), md5(busybox), None),
         "./bin/sh": (ln | 0o777, 0, 0, None, "busybox", None),
+        "./bin/list-tree": (f | 0o755, 0, 0, len(LIST_SCRIPT), md5(LIST_SCRIPT.encode()), None),
         "./data": (d | 0o755, 10, 20, None, None, None),
         "./data/keep.txt": (f | 0o640, 1000, 1000, 5, md5(b"kept\n"), None),
         "./data/opq": (d | 0o750, 0, 0, None, None, None),
