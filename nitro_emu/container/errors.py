@@ -4,7 +4,12 @@ from nitro_emu.errors import NitroEmuError
 
 
 class ContainerError(NitroEmuError):
-    """A container image cannot be read, checked or flattened; the message says where."""
+    """A container image cannot be read, checked or flattened; the message says where.
+    It is always one line: line breaks that a library's message or an image's name
+    brings in are folded."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(line.strip() for line in str(message).splitlines()))
 
 
 class ImageNotFound(ContainerError):
