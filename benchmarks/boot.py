@@ -28,8 +28,10 @@ SYSBENCH_LINE = re.compile(rb"^(syscall|pagefault|fork-exec)\s+(\d+) ops\s+[\d.]
                            re.M)
 
 
-def time_to_line(command: list[str], marker: bytes, limit: float = 600) -> tuple[float, bytes]:
-    """Seconds from starting `command` to `marker` on its stdout; then waits for exit."""
+def time_to_line(command: list[str], marker: bytes, limit: float = 600,
+                 stop: bool = False) -> tuple[float, bytes]:
+    """Seconds from starting `command` to `marker` on its stdout; then waits for exit (or,
+    with `stop`, ends the process: for guests that serve until stopped)."""
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                stdin=subprocess.DEVNULL, cwd=ROOT)
@@ -43,6 +45,9 @@ def time_to_line(command: list[str], marker: bytes, limit: float = 600) -> tuple
         output += line
         if seen is None and marker in line:
             seen = time.monotonic() - started
+            if stop:
+                process.kill()
+                break
         if time.monotonic() - started > limit:
             process.kill()
             break
