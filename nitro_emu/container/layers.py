@@ -20,7 +20,22 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-class HashingReader:
+class _Reader:
+    """The file-object surface gzip and zstandard need, over a `read` method."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+
+class HashingReader(_Reader):
     """Reads a file, hashing and counting what passes through."""
 
     def __init__(self, file: BinaryIO) -> None:
@@ -33,14 +48,6 @@ class HashingReader:
         self.hash.update(data)
         self.count += len(data)
         return data
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
 
     def drain(self) -> None:
         while self.read(CHUNK):
@@ -70,7 +77,7 @@ def _decompressor(source: HashingReader, head: bytes, where: str):
     return _Prefixed(head, source)
 
 
-class _Prefixed:
+class _Prefixed(_Reader):
     """A reader that first returns `head` (already read to sniff the format)."""
 
     def __init__(self, head: bytes, rest: HashingReader) -> None:
@@ -83,14 +90,6 @@ class _Prefixed:
             data, self.head = self.head[:n], self.head[n:]
             return data
         return self.rest.read(size)
-
-    def readinto(self, buffer) -> int:
-        data = self.read(len(buffer))
-        buffer[:len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
 
 
 def unpack_layer(blob: LayerBlob, out: BinaryIO, budget: Budget) -> int:
