@@ -267,3 +267,33 @@ def test_blob_search_order(tmp_path, monkeypatch):
     with_nsm = write_fake_blobs(tmp_path / "nsm")
     (with_nsm / "nsm.ko").write_bytes(b"module")
     assert load_blobs(str(with_nsm)).nsm_ko == str(with_nsm / "nsm.ko")
+
+
+def test_docker_25_archive_with_oci_blobs(tmp_path, blobs):
+    """docker save since Docker 25 names the config and layers blobs/sha256/<digest>;
+    those digests are checked too."""
+    import io as _io
+
+    tar_bytes = layer_tar([Member("srv", "dir"), Member("srv/x", data=b"x")])
+    stored = gzip.compress(tar_bytes, mtime=0)
+    spec = ImageSpec([(tar_bytes, "gzip")], cmd=["/srv/x"])
+    config = spec.config()
+    names = {"config": "blobs/sha256/" + hashlib.sha256(config).hexdigest(),
+             "layer": "blobs/sha256/" + hashlib.sha256(stored).hexdigest()}
+
+    def write(path: Path, layer_bytes: bytes) -> None:
+        files = {names["config"]: config, names["layer"]: layer_bytes,
+                 "manifest.json": json.dumps([{"Config": names["config"], "RepoTags": ["n:1"],
+                                               "Layers": [names["layer"]]}]).encode()}
+        with tarfile.open(path, "w") as tar:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, _io.BytesIO(data))
+
+    write(tmp_path / "good.tar", stored)
+    build(f"docker-archive:{tmp_path / 'good.tar'}:n:1", tmp_path / "x.eif", blobs)
+    assert "rootfs/srv/x" in {e.path for e in customer_ramdisk(tmp_path / "x.eif")}
+    write(tmp_path / "bad.tar", gzip.compress(tar_bytes, mtime=1))  # same content, other bytes
+    with pytest.raises(ContainerError, match="does not match the manifest"):
+        build(f"docker-archive:{tmp_path / 'bad.tar'}", tmp_path / "y.eif", blobs)

@@ -36,10 +36,11 @@ class ImageReference:
     @property
     def default_image_name(self) -> str:
         """ImageName when --name is not given: nitro-cli's rule for a daemon image (the
-        URI up to its first ':'), else the chosen tag's name, else the path's base name."""
+        URI up to its first ':'), else the name part of a docker-archive's chosen
+        reference, else the path's base name (an OCI tag names no image)."""
         if self.transport == DAEMON:
             return self.uri.removeprefix(DAEMON + ":").split(":")[0]
-        if self.name:
+        if self.transport == "docker-archive" and self.name and not self.name.startswith("@"):
             return split_tag(self.name)[0]
         base = self.path.rstrip("/").rsplit("/", 1)[-1]
         for suffix in (".tar.gz", ".tgz", ".tar"):
