@@ -11,9 +11,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from container_images import sample_image, write_fake_blobs
 from eif import cpio, read_eif
+from eif.errors import EifError
 from eif.describe import describe
 from guest.oci import ImageSpec, Member, layer_tar, write_docker_archive, write_oci_layout
 from nitro_emu.container.build import build_enclave
@@ -297,3 +299,28 @@ def test_docker_25_archive_with_oci_blobs(tmp_path, blobs):
     write(tmp_path / "bad.tar", gzip.compress(tar_bytes, mtime=1))  # same content, other bytes
     with pytest.raises(ContainerError, match="does not match the manifest"):
         build(f"docker-archive:{tmp_path / 'bad.tar'}", tmp_path / "y.eif", blobs)
+
+
+@given(noise=st.binary(min_size=1, max_size=64), where=st.integers(0, 1 << 16),
+       how=st.sampled_from(["gzip", "zstd", None]))
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_corrupted_archives_fail_cleanly(tmp_path, blobs, noise, where, how):
+    """Any damage to a docker-archive is either harmless or one ContainerError/EifError:
+    never another exception, never a file written outside the scratch directory."""
+    spec = ImageSpec([(layer_tar([Member("d", "dir"), Member("d/f", data=b"data" * 50),
+                                  Member("d/l", "symlink", target="f")]), how)], cmd=["/d/f"])
+    path = tmp_path / "a.tar"
+    write_docker_archive(path, spec, ["a:1"])
+    data = bytearray(path.read_bytes())
+    at = where % len(data)
+    data[at:at + len(noise)] = noise[:len(data) - at]
+    path.write_bytes(bytes(data))
+    before = set(tmp_path.rglob("*"))
+    try:
+        build(f"docker-archive:{path}", tmp_path / "x.eif", blobs, scratch_dir=str(tmp_path))
+    except (ContainerError, EifError) as error:
+        assert "\n" not in str(error)
+    after = set(tmp_path.rglob("*")) - {tmp_path / "x.eif"}
+    assert after == before
+    (tmp_path / "x.eif").unlink(missing_ok=True)

@@ -209,11 +209,8 @@ class DockerClient:
                 raise ContainerError(f"daemon: exporting {name}: "
                                      f"{self._message(response.read(MAX_REPLY))}")
             while chunk := response.read(CHUNK):
-                out.write(chunk)
-        except (OSError, http.client.HTTPException) as error:
-            if isinstance(error, OSError) and error.errno not in (None,) and \
-                    not isinstance(error, (ConnectionError, TimeoutError)):
-                raise
+                out.write(chunk)                     # an OSError here is the disk's
+        except (ConnectionError, TimeoutError, http.client.HTTPException) as error:
             raise ContainerError(f"daemon: exporting {name}: connection lost ({error})") \
                 from None
         finally:

@@ -88,7 +88,10 @@ class TarStore:
             self.tar = tarfile.open(path, "r:*")
             self.members = {}
             for member in self.tar:
-                self.members[_clean(member.name, path) if member.name.strip("./") else "."] = member
+                try:
+                    self.members[_clean(member.name, path)] = member
+                except ContainerError:
+                    continue             # "./", absolute or ".." names: never looked up
         except FileNotFoundError:
             raise ContainerError(f"{path}: no such file") from None
         except IsADirectoryError:
@@ -110,14 +113,14 @@ class TarStore:
         if member is None:
             raise ContainerError(f"{self.where}: {name} is missing from the archive")
         try:
-            file = self.tar.extractfile(member)
-            if file is not None and (member.issym() or member.islnk()):
-                member = self.tar._find_link_target(member)  # size of what it points to
+            file = self.tar.extractfile(member)      # follows links to earlier members
+            if file is None:
+                raise ContainerError(f"{self.where}: {name} is not a regular file")
+            size = file.seek(0, os.SEEK_END)         # of what a link points to, too
+            file.seek(0)
         except TAR_ERRORS + (KeyError,) as error:
             raise ContainerError(f"{self.where}: {name}: unreadable ({error})") from None
-        if file is None:
-            raise ContainerError(f"{self.where}: {name} is not a regular file")
-        return file, member.size
+        return file, size
 
 
 def read_limited(file: BinaryIO, size: int, limit: int, where: str) -> bytes:
