@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from container_images import sample_image, write_fake_blobs
+from support.container_images import sample_image, write_fake_blobs
 from eif import cpio, read_eif
 from eif.errors import EifError
 from eif.describe import describe

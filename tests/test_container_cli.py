@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from container_images import write_fake_blobs
+from support.container_images import write_fake_blobs
 from guest.oci import ImageSpec, Member, layer_tar, write_docker_archive, write_oci_layout
 from nitro_emu.cli import main
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from container_images import write_fake_blobs
+from support.container_images import write_fake_blobs
 from eif import cpio, read_eif
 from guest.oci import ImageSpec, Member, layer_tar, write_docker_archive
 from nitro_emu.container.build import build_enclave

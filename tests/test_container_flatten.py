@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from container_images import OTHER_INODE, SAME_INODE, expected_tree, sample_layers
+from support.container_images import OTHER_INODE, SAME_INODE, expected_tree, sample_layers
 from eif import cpio
 from guest.oci import Member, layer_tar
 from nitro_emu.container.errors import ContainerError

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from conftest import guest_image
-from container_images import (BUSYBOX, OTHER_INODE, SAME_INODE, expected_tree,
+from support.images import guest_image
+from support.container_images import (BUSYBOX, OTHER_INODE, SAME_INODE, expected_tree,
                               sample_image)
 from devices.vsock import VsockConfig
 from eif import read_eif
