@@ -148,3 +148,18 @@ def test_no_blobs_anywhere_says_how_to_get_them(archive, tmp_path, monkeypatch):
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "no kernel blobs found" in r.stderr and "python -m guest.build --only blobs" in r.stderr
+
+
+def test_nitro_cli_front_end_builds_and_reports_e48(archive, capsys):
+    from nitro_emu.cli import nitro_cli
+
+    status = nitro_cli.main(["build-enclave", "--docker-uri", f"oci:{archive / 'oci'}",
+                             "--output-file", str(archive / "n.eif"), "--blobs",
+                             str(archive / "blobs")])
+    out, _ = capsys.readouterr()
+    assert status == 0 and "PCR0" in json.loads(out)["Measurements"]
+    status = nitro_cli.main(["build-enclave", "--docker-uri", f"oci:{archive / 'nope'}",
+                             "--output-file", str(archive / "m.eif"), "--blobs",
+                             str(archive / "blobs")])
+    _, err = capsys.readouterr()
+    assert status == 48 and "[ E48 ]" in err and "does not exist" in err

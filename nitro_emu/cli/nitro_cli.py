@@ -24,6 +24,7 @@ VERBS = {
     "console": ("nitro_emu.cli.enclave_commands", 44),
     "terminate-enclave": ("nitro_emu.cli.enclave_commands", 11),
     "describe-eif": ("nitro_emu.cli.eif_commands", 35),
+    "build-enclave": ("nitro_emu.cli.build_enclave", 48),
     "pcr": ("nitro_emu.cli.eif_commands", 57),
     "sign-eif": ("nitro_emu.cli.sign_command", 60),
     "explain": ("nitro_emu.cli.explain_command", 3),
@@ -36,6 +37,7 @@ Usage: nitro-cli <COMMAND>
 
 Commands:
   run-enclave        Starts a new enclave
+  build-enclave      Builds an enclave image and saves it to a file
   terminate-enclave  Terminates an enclave
   describe-eif       Returns information about the EIF found at a given path.
   describe-enclaves  Returns a list of the running enclaves
