@@ -117,7 +117,7 @@ def test_python_enclave_serves_vsock_and_attests(state_dir):
 
     def client():
         wait_for(machine, READY_LINE.encode(), timeout=600)
-        address = machine.vsock.published[0][1]
+        address = machine.vsock.muxer.published[0][1]
         return [fetch_document(address, nonce) for nonce in nonces]
 
     try:
