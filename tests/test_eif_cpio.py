@@ -116,3 +116,46 @@ def test_reader_reports_truncation(entries, data):
     cut = data.draw(st.integers(0, len(blob) - 1))
     with pytest.raises(cpio.CpioError):
         cpio.read_newc(blob[:cut])
+
+
+def test_owners_times_file_slices_and_hard_links(tmp_path):
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"....payload....")
+    entries = [cpio.Entry("b", stat.S_IFREG | 0o640, cpio.FileSlice(str(blob), 4, 7),
+                          uid=1000, gid=100, mtime=12345),
+               cpio.Entry("a", stat.S_IFREG | 0o640, link="b"),
+               cpio.Entry("c", stat.S_IFREG | 0o640, link="b")]
+    data = cpio.newc_archive(entries, mtime=1)
+    back = {e.path: e for e in cpio.read_newc(data)}
+    # the first name in path order carries the data; the others share its inode
+    assert back["a"].data == b"payload" and back["a"].link is None
+    assert back["b"].link == "a" and back["c"].link == "a" and back["c"].data == b""
+    assert (back["a"].uid, back["a"].gid, back["a"].mtime) == (1000, 100, 12345)
+    if shutil.which("cpio"):
+        out = tmp_path / "x"
+        out.mkdir()
+        subprocess.run(["cpio", "-idm", "--quiet"], cwd=out, input=data, check=True)
+        inodes = {(out / n).stat().st_ino for n in "abc"}
+        assert len(inodes) == 1 and (out / "c").read_bytes() == b"payload"
+        assert (out / "a").stat().st_mtime == 12345
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([cpio.Entry("a", stat.S_IFREG | 0o644, link="missing")], "not a regular file of the archive"),
+    ([cpio.directory("d"), cpio.Entry("a", stat.S_IFREG | 0o644, link="d")],
+     "not a regular file of the archive"),
+    ([cpio.Entry("a", stat.S_IFREG | 0o644, b"x", link="b"), cpio.file("b", b"")],
+     "hard link must be a regular file without data"),
+    ([cpio.Entry("a", stat.S_IFREG | 0o644, uid=-1)], "does not fit newc"),
+    ([cpio.Entry("a", stat.S_IFREG | 0o644, mtime=1 << 32)], "does not fit newc"),
+])
+def test_bad_links_and_numbers_rejected(entries, message):
+    with pytest.raises(cpio.CpioError, match=message):
+        cpio.newc_archive(entries)
+
+
+def test_a_file_slice_that_shrank_is_an_error(tmp_path):
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"short")
+    with pytest.raises(cpio.CpioError, match="ended 5 bytes early"):
+        cpio.newc_archive([cpio.Entry("f", stat.S_IFREG | 0o644, cpio.FileSlice(str(blob), 0, 10))])
