@@ -3,7 +3,7 @@
 # toolchain for the guest images, busybox for the guest userland, QEMU as a reference machine.
 set -euo pipefail
 packages=(python3-venv python3-dev build-essential bc flex bison libelf-dev libssl-dev cpio
-          xz-utils linux-source-6.12 busybox-static qemu-system-x86 socat gdb)
+          xz-utils linux-source-6.12 busybox-static qemu-system-x86 socat gdb podman)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
