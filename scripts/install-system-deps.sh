@@ -8,9 +8,14 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -ne 0 ] && sudo="sudo"
+# The python guest image is made from Debian's packages with `apt-get download`, which
+# needs the package lists even when everything above is installed already.
+if [ ${#missing[@]} -eq 0 ]; then
+  apt-cache show python3.11-minimal >/dev/null 2>&1 || $sudo apt-get update -q
+  exit 0
+fi
 echo "installing: ${missing[*]}"
 $sudo apt-get update -q
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
