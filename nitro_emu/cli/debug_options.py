@@ -7,24 +7,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nitro_emu.debug.config import DebugConfig
+from nitro_emu.debug.config import DEFAULT_GDB_HOST, DebugConfig, parse_gdb_address
 from nitro_emu.errors import UsageError
 
-DEFAULT_GDB_HOST = "127.0.0.1"
-
-
 def gdb_address(text: str) -> tuple[str, int]:
-    """`PORT`, `HOST:PORT` or `[IPv6]:PORT`; the host defaults to 127.0.0.1 (the debugger
-    controls the enclave: listen more widely only when asked), `:PORT` is every interface,
-    port 0 picks a free one."""
-    host, colon, port = text.rpartition(":")
-    if not colon:
-        host = DEFAULT_GDB_HOST
-    elif host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not [HOST:]PORT (a port from 0 to 65535)")
-    return host, int(port)
+    """--gdb's value (nitro_emu.debug.config.parse_gdb_address)."""
+    try:
+        return parse_gdb_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def trace_events(text: str) -> frozenset[str]:
@@ -35,7 +26,9 @@ def trace_events(text: str) -> frozenset[str]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, default_output: str = "stderr") -> None:
+    """The options, in a group of their own; `default_output` says where the trace and
+    the post-mortem report go without --trace-file and --post-mortem."""
     group = parser.add_argument_group("debugging")
     group.add_argument("--gdb", type=gdb_address, metavar="[HOST:]PORT",
                        help="serve GDB's remote protocol (gdb vmlinux, then target remote "
@@ -46,13 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="trace guest events: syscalls, exceptions, interrupts, io "
                             "(comma-separated, or all)")
     group.add_argument("--trace-file", metavar="FILE",
-                       help="write the trace to FILE (default: stderr)")
+                       help=f"write the trace to FILE (default: {default_output})")
     group.add_argument("--system-map", metavar="FILE",
                        help="kernel symbols for post-mortem reports (default: the System.map "
                             "beside the image's kernel in the guest build)")
     group.add_argument("--post-mortem", metavar="FILE",
                        help="write the post-mortem report of an enclave that died to FILE "
-                            "(default: stderr)")
+                            f"(default: {default_output})")
 
 
 def config_from_args(args: argparse.Namespace) -> DebugConfig | None:

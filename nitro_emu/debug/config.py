@@ -11,8 +11,25 @@ from typing import Callable
 from nitro_emu.errors import NitroEmuError
 
 
+DEFAULT_GDB_HOST = "127.0.0.1"
+
+
 class DebugError(NitroEmuError):
     """Debugging tools that cannot be set up as asked (a busy port, an unwritable file)."""
+
+
+def parse_gdb_address(text: str) -> tuple[str, int]:
+    """`PORT`, `HOST:PORT` or `[IPv6]:PORT` as (host, port); the host defaults to
+    127.0.0.1 (the debugger controls the enclave: listen more widely only when asked),
+    `:PORT` is every interface, port 0 picks a free one. ValueError otherwise."""
+    host, colon, port = text.rpartition(":")
+    if not colon:
+        host = DEFAULT_GDB_HOST
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not [HOST:]PORT (a port from 0 to 65535)")
+    return host, int(port)
 
 
 def _to_stderr(line: str) -> None:
