@@ -12,13 +12,14 @@ from typing import NoReturn
 
 from devices.vsock.config import config_from_options
 from eif import jsonfmt
-from nitro_emu.cli import vsock_options
+from nitro_emu.cli import debug_options, vsock_options
 from nitro_emu.enclaves.errors import NitroCliError, NitroCliUsageError
 from nitro_emu.enclaves.spec import (RunSpec, parse_cid, parse_memory, parse_unsigned,
                                      read_config, U32_MAX)
 
 RUN_FLAGS = ("eif_path", "cpu_count", "cpu_ids", "memory", "enclave_cid", "debug_mode",
-             "enclave_name", "forward", "publish", "vsock_uds", "parent_role", "parent_id")
+             "enclave_name", "forward", "publish", "vsock_uds", "parent_role", "parent_id",
+             "gdb", "gdb_wait", "trace", "trace_file", "system_map", "post_mortem")
 
 
 class NitroCliParser(argparse.ArgumentParser):
@@ -79,6 +80,7 @@ def _run_parser() -> NitroCliParser:
                         help="IAM role ARN of the parent (measured into PCR3)")
     parser.add_argument("--parent-id", metavar="ID",
                         help="instance id of the parent (measured into PCR4)")
+    debug_options.add_arguments(parser, default_output="a file in the enclave's directory")
     return parser
 
 
@@ -105,6 +107,10 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
     if args.cpu_count is not None and args.cpu_ids is not None:
         raise NitroCliUsageError("the argument '--cpu-count <cpu-count>' cannot be used "
                                  "with '--cpu-ids <cpu-ids>...'")
+    if args.gdb_wait and args.gdb is None:
+        raise NitroCliUsageError("the argument '--gdb-wait' requires '--gdb <[HOST:]PORT>'")
+    if args.trace_file is not None and not args.trace:
+        raise NitroCliUsageError("the argument '--trace-file' requires '--trace <EVENTS>'")
     if args.enclave_cid is not None and parse_unsigned(args.enclave_cid, "enclave-cid") == 0:
         print("The enclave CID will be auto-generated as the provided CID is 0",
               file=sys.stderr)
@@ -117,7 +123,9 @@ def _run_spec(args: argparse.Namespace) -> RunSpec:
         enclave_cid=None if args.enclave_cid is None else parse_cid(args.enclave_cid),
         debug_mode=args.debug_mode, attach_console=args.attach_console,
         enclave_name=args.enclave_name, forward=args.forward, publish=args.publish,
-        vsock_uds=args.vsock_uds, parent_role=args.parent_role, parent_id=args.parent_id)
+        vsock_uds=args.vsock_uds, parent_role=args.parent_role, parent_id=args.parent_id,
+        gdb=args.gdb, gdb_wait=args.gdb_wait, trace=args.trace or frozenset(),
+        trace_file=args.trace_file, system_map=args.system_map, post_mortem=args.post_mortem)
 
 
 def _check_image(spec: RunSpec) -> None:
@@ -134,6 +142,13 @@ def _check_image(spec: RunSpec) -> None:
     except OSError as error:
         raise NitroCliError(19, f"File: '{spec.eif_path}', failing operation: 'Open' "
                                 f"({error.strerror or error}).") from None
+    if spec.system_map is not None:
+        try:
+            with open(spec.system_map, "rb"):
+                pass
+        except OSError as error:
+            raise NitroCliError(19, f"File: '{spec.system_map}', failing operation: 'Open' "
+                                    f"({error.strerror or error}).") from None
     try:
         image = read_eif(spec.eif_path)
     except EifError as error:
@@ -171,9 +186,13 @@ def run_enclave(argv: list[str]) -> int:
               f"{record.memory_mib} MiB, cpu-ids: {json_output.GUEST_CPU_IDS}",
               file=sys.stderr)
 
-    launched = launch(_store(), spec, on_started=started)
+    launched = launch(_store(), spec, on_started=started,
+                      on_announce=lambda line: print(line, file=sys.stderr, flush=True))
     for line in vsock_options.published_lines(launched.published):
         print(line, file=sys.stderr)
+    if spec.trace and spec.trace_file is None:
+        print(f"nitro-emu: tracing {','.join(sorted(spec.trace))} to "
+              f"{launched.record.trace_file}", file=sys.stderr)
     print_json(json_output.run_info(launched.record, launched.pid))
     if spec.attach_console:
         return _attach(launched.record, None)
@@ -183,14 +202,20 @@ def run_enclave(argv: list[str]) -> int:
 # -- describe-enclaves ------------------------------------------------------------------------
 
 def describe_enclaves(argv: list[str]) -> int:
-    from nitro_emu.enclaves.manager import describe_all
+    from nitro_emu.enclaves.manager import describe_all, new_post_mortems
 
     parser = NitroCliParser("describe-enclaves", "Describe the running enclaves.")
     parser.add_argument("--metadata", action="store_true",
                         help="add the EIF's name, version and metadata")
     args = parser.parse_args(argv)
-    entries, failed = describe_all(_store(), args.metadata)
+    store = _store()
+    entries, failed = describe_all(store, args.metadata)
     print_json(entries)
+    for record in new_post_mortems(store):     # gone from the list: say why, once
+        print(f"nitro-emu: enclave {record.enclave_id} ({record.name}) ended: "
+              f"{record.end_reason}: {(record.end_message or '').rstrip('.')}"
+              f"{_report_note(record)}",
+              file=sys.stderr)
     if failed:
         print(f"Failed connections: {failed}", file=sys.stderr)
         raise NitroCliError(39, f"{failed} enclave process(es) did not answer.")
@@ -215,13 +240,22 @@ def console(argv: list[str]) -> int:
         parse_unsigned(args.disconnect_timeout, "disconnect-timeout")
     store = _store()
     record = find_with_log(store, args.enclave_id, args.enclave_name)
-    if record.state == EXITED and record.debug_mode:
-        print(f"nitro-emu: enclave {record.enclave_id} has exited ({record.end_reason}); "
-              "its console log follows", file=sys.stderr)
+    ended = f"has exited ({record.end_reason}){_report_note(record)}" \
+        if record.state == EXITED else ""
+    if ended and record.debug_mode:
+        print(f"nitro-emu: enclave {record.enclave_id} {ended}; its console log follows",
+              file=sys.stderr)
     if not record.debug_mode:
         raise NitroCliError(44, f"Enclave {record.enclave_id} was not started in debug mode: "
-                                "add --debug-mode to run-enclave to see its console.")
+                                "add --debug-mode to run-enclave to see its console."
+                                + (f" It {ended}." if ended else ""))
     return _attach(record, timeout)
+
+
+def _report_note(record) -> str:
+    """'; post-mortem report in PATH' for an enclave that died, else ''."""
+    path = record.post_mortem_report
+    return f"; post-mortem report in {path}" if path else ""
 
 
 def _attach(record, timeout: float | None) -> int:

@@ -25,7 +25,8 @@ CODES: dict[int, tuple[str, str]] = {
     3: ("Invalid argument provided.",
         "An option's value has the wrong form or is out of range: a CID that is not a "
         "number or is reserved (0-3, 4294967295), memory that is not a size, a CPU id "
-        "that is not a number."),
+        "that is not a number; or a debugging option that cannot be served (--gdb on a "
+        "port in use, a --trace-file that cannot be written)."),
     4: ("Socket pair creation failure.", "The CLI could not create a socket pair to talk "
                                          "to a new enclave process."),
     5: ("Process spawn failure.", "The CLI could not start the background process that "

@@ -4,6 +4,10 @@ printed by `jsonfmt.dumps_pretty` (serde_json's pretty form).
 
 They state what the emulated enclave really has: one vCPU (`NumberOfCPUs` 1, `CPUIDs`
 [0]) whatever was requested, and in `Measurements` the PCRs its NSM reports.
+
+One extension: an enclave started with `--gdb` is described with a last key, `GdbStub`
+("HOST:PORT", where its stub listens). It comes after all of nitro-cli's keys, so their
+order is untouched, and only on enclaves nitro-cli could not have started.
 """
 from __future__ import annotations
 
@@ -27,9 +31,9 @@ def run_info(record: EnclaveRecord, pid: int) -> Fields:
 
 
 def describe_info(record: EnclaveRecord, pid: int, state: str, measurements: Fields,
-                  metadata: Fields | None = None) -> Fields:
+                  metadata: Fields | None = None, gdb_stub: str | None = None) -> Fields:
     """One element of `describe-enclaves`; `metadata` is the ImageName, ImageVersion and
-    Metadata fields (`--metadata`)."""
+    Metadata fields (`--metadata`), `gdb_stub` the GDB stub's address."""
     info = run_info(record, pid)
     info.extend([
         ("State", state),
@@ -38,6 +42,8 @@ def describe_info(record: EnclaveRecord, pid: int, state: str, measurements: Fie
     ])
     if metadata:
         info.extend(metadata)
+    if gdb_stub is not None:
+        info.append(("GdbStub", gdb_stub))
     return info
 
 

@@ -1,5 +1,6 @@
 """Starting an enclave (`run-enclave`): pick its CID, name and ID under the store's lock,
-start its enclave process detached from the caller, and wait until the guest has booted.
+start its enclave process detached from the caller, and wait until the guest has booted
+(with --gdb-wait, until its GDB stub listens: the boot then waits for the debugger).
 
 The caller takes the new enclave's alive lock before the process exists and hands it
 over, so the enclave counts as alive (its CID and name taken) from the moment its record
@@ -33,7 +34,8 @@ PROCESS_MODULE = "nitro_emu.enclaves.process"
 
 @dataclass
 class Launched:
-    """A booted enclave: its record, its process, and where each --publish listens."""
+    """A booted enclave (or one waiting for its debugger): its record, its process, and
+    where each --publish listens."""
 
     record: EnclaveRecord
     pid: int
@@ -55,10 +57,12 @@ def boot_timeout() -> float:
 
 def launch(store: EnclaveStore, spec: RunSpec,
            on_started: Callable[[EnclaveRecord], None] | None = None,
-           timeout: float | None = None) -> Launched:
-    """Start the enclave `spec` describes and return once it has booted; NitroCliError
-    (E29 CID in use, E36 boot failure, ...) otherwise, with nothing left running.
-    `on_started(record)` runs once the machine is built and the guest starts."""
+           timeout: float | None = None,
+           on_announce: Callable[[str], None] | None = None) -> Launched:
+    """Start the enclave `spec` describes and return once it has booted (or waits for
+    its debugger); NitroCliError (E29 CID in use, E36 boot failure, ...) otherwise, with
+    nothing left running. `on_started(record)` runs once the machine is built and the
+    guest starts; `on_announce(line)` for each message of its GDB stub meanwhile."""
     timeout = boot_timeout() if timeout is None else timeout
     with store.locked():
         store.reap()
@@ -80,7 +84,8 @@ def launch(store: EnclaveStore, spec: RunSpec,
             eif_path=os.path.abspath(spec.eif_path), cpu_ids=spec.cpu_ids,
             cpu_count=spec.cpu_count, forward=list(spec.forward),
             publish=list(spec.publish), vsock_uds=uds,
-            parent_role=spec.parent_role, parent_id=spec.parent_id, created=time.time())
+            parent_role=spec.parent_role, parent_id=spec.parent_id, created=time.time(),
+            **_debug_fields(spec, paths.trace))
         lock_fd = os.open(paths.alive, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         read_fd = -1
         try:
@@ -102,10 +107,22 @@ def launch(store: EnclaveStore, spec: RunSpec,
                                        f"{error.strerror or error}.") from None
             raise
         os.close(lock_fd)     # the enclave process holds the lock from here on
-    booted = _wait_for_boot(store, record, read_fd, timeout, on_started)
+    booted = _wait_for_boot(store, record, read_fd, timeout, on_started, on_announce)
     published = [(Publish(*entry[:3]), (entry[3], entry[4]))
                  for entry in booted.get("published", [])]
     return Launched(record, booted["pid"], published)
+
+
+def _debug_fields(spec: RunSpec, default_trace) -> dict[str, object]:
+    """The record's debugging fields: paths made absolute (the enclave process works
+    from /), the trace in the enclave's directory unless a file is named."""
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else os.path.abspath(path)
+
+    return dict(gdb=list(spec.gdb) if spec.gdb is not None else None,
+                gdb_wait=spec.gdb_wait, trace=sorted(spec.trace),
+                trace_file=absolute(spec.trace_file or (default_trace if spec.trace else None)),
+                system_map=absolute(spec.system_map), post_mortem=absolute(spec.post_mortem))
 
 
 def _process_argv(directory, report_fd: int, lock_fd: int) -> list[str]:
@@ -158,10 +175,10 @@ def _spawn_detached(argv: list[str], keep_fds: tuple[int, ...], log_path: str) -
 
 
 def _wait_for_boot(store: EnclaveStore, record: EnclaveRecord, read_fd: int,
-                   timeout: float, on_started: Callable[[EnclaveRecord], None] | None
-                   ) -> dict:
-    """Follow the enclave process's reports until the guest booted (the report, with the
-    PID) or failed."""
+                   timeout: float, on_started: Callable[[EnclaveRecord], None] | None,
+                   on_announce: Callable[[str], None] | None) -> dict:
+    """Follow the enclave process's reports until the guest booted or waits for its
+    debugger (the report, with the PID) or failed."""
     reports = _Reports(read_fd)
     deadline = time.monotonic() + timeout
     try:
@@ -170,9 +187,11 @@ def _wait_for_boot(store: EnclaveStore, record: EnclaveRecord, read_fd: int,
             if event is None:
                 break
             kind = event.get("event")
-            if kind == "started" and on_started is not None:
+            if kind == "announce" and on_announce is not None:
+                on_announce(str(event.get("line")))
+            elif kind == "started" and on_started is not None:
                 on_started(record)
-            elif kind == "booted":
+            elif kind in ("booted", "waiting"):
                 return {**event, "pid": reports.pid}
             elif kind == "failed":
                 wait_gone(store, record.slot, 30.0)

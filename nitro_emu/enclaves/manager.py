@@ -160,6 +160,16 @@ def describe_all(store: EnclaveStore, metadata: bool) -> tuple[list[Fields], int
     return entries, failed
 
 
+def new_post_mortems(store: EnclaveStore) -> list[EnclaveRecord]:
+    """Enclaves that died (a post-mortem report was written) and have not been pointed
+    out yet, oldest first; each is pointed out once, as a shell reports a finished job."""
+    records = [r for r in reversed(store.ended())
+               if r.post_mortem_report and not r.post_mortem_noticed]
+    for record in records:
+        store.update(record.slot, post_mortem_noticed=True)
+    return records
+
+
 # -- terminate --------------------------------------------------------------------------------
 
 def terminate(store: EnclaveStore, record: EnclaveRecord) -> Fields:

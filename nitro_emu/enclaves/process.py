@@ -4,13 +4,19 @@
 
 `run-enclave` starts it (launch.py) holding the enclave's alive lock on fd M and reading
 progress from the pipe on fd N, one JSON line per event: `spawned` (with the PID),
-`started` (the machine is built), then `booted` (the guest's init sent its heartbeat) or
-`failed` (a nitro-cli error code and a message). The pipe is closed once the enclave has
-booted or failed, and the CLI returns.
+`announce` (a line from the GDB stub: where it listens, the port it picked for port 0),
+`started` (the machine is built), then `booted` (the guest's init sent
+its heartbeat), `waiting` (--gdb-wait: the stub listens and the CPU waits for a debugger,
+so the heartbeat will come only as the debugger lets it) or `failed` (a nitro-cli error
+code and a message). The pipe is closed after `booted`, `waiting` or `failed`, and the CLI
+returns.
 
 The process then runs the machine until the guest ends, `terminate-enclave` asks it to
 stop (control socket), or it gets SIGTERM/SIGHUP/SIGINT; it records how the enclave ended
-and removes its sockets. The console (debug mode) goes to console.log, which stays.
+and removes its sockets. The console (debug mode) goes to console.log, which stays; so
+does post-mortem.txt, the report of an enclave that died (nitro_emu.debug.postmortem).
+The control socket is served on a thread of its own (control_thread.py): a debugger may
+hold the emulator thread for as long as it likes.
 
 An idle background enclave costs almost no CPU: the run loop skips idle guest time only
 up to a few seconds ahead of host time (nitro_emu/runloop.py), then waits in real time.
@@ -22,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,13 +37,14 @@ from eif.jsonfmt import Fields, dumps_compact
 from nitro_emu.enclaves import json_output
 from nitro_emu.enclaves.console_log import ConsoleFile
 from nitro_emu.enclaves.control import ControlServer
-from nitro_emu.enclaves.store import (EXITED, RUNNING, STARTING, TERMINATING, EnclaveRecord,
-                                      EnclaveStore)
+from nitro_emu.enclaves.control_thread import ServingThread, Waker
+from nitro_emu.enclaves.store import (EXITED, RUNNING, STARTING, TERMINATING,
+                                      WAITING_FOR_DEBUGGER, EnclaveRecord, EnclaveStore)
 from nitro_emu.errors import NitroEmuError
 
 log = logging.getLogger("nitro_emu.enclaves")
 
-BOOT_FAILURE, EIF_ERROR, SOCKET_ERROR = 36, 35, 11
+BOOT_FAILURE, EIF_ERROR, SOCKET_ERROR, INVALID_ARGUMENT = 36, 35, 11, 3
 
 
 class _NullConsole:
@@ -63,23 +71,35 @@ class EnclaveProcess:
         self.terminating = False
         self.stop_signal: int | None = None
         self._console: ConsoleFile | None = None
+        self._waker: Waker | None = None
+        # booted and terminating change on both threads (heartbeat, control requests)
+        self._state_lock = threading.Lock()
 
     # -- talking to run-enclave -------------------------------------------------------------
 
-    def report(self, event: str, **fields: object) -> None:
+    def report(self, event: str, **fields: object) -> bool:
+        """Send `event` to run-enclave; whether it got there."""
         if self.report_fd < 0:
-            return
+            return False
         try:
             os.write(self.report_fd, json.dumps({"event": event, **fields}).encode() + b"\n")
+            sent = True
         except OSError:      # the CLI went away: the enclave carries on regardless
-            pass
-        if event in ("booted", "failed"):
+            sent = False
+        if event in ("booted", "waiting", "failed"):
             os.close(self.report_fd)
             self.report_fd = -1
+        return sent
 
-    def fail(self, code: int, message: str) -> None:
+    def announce(self, line: str) -> None:
+        """A message of the GDB stub: to process.log, and to run-enclave while it waits."""
+        log.info("%s", line)
+        self.report("announce", line=line)
+
+    def fail(self, code: int, message: str) -> bool:
+        """Report a failure to run-enclave (which prints it); whether it got there."""
         log.error("enclave failed: %s", message)
-        self.report("failed", code=code, message=message)
+        return self.report("failed", code=code, message=message)
 
     def note(self, **changes: object) -> None:
         """Update the record; a full disk is logged, it does not stop the enclave."""
@@ -102,7 +122,24 @@ class EnclaveProcess:
         return Machine(record.eif_path, guest_cid=record.cid, memory_mib=record.memory_mib,
                        debug_mode=record.debug_mode, console=console, vsock=vsock,
                        parent_role=record.parent_role, parent_id=record.parent_id,
-                       state_dir=self.store.root.parent, module_id=record.enclave_id)
+                       state_dir=self.store.root.parent, module_id=record.enclave_id,
+                       debug=self.debug_config(record))
+
+    def debug_config(self, record: EnclaveRecord):
+        """The DebugConfig the record asks for (None for none); the stub's messages go to
+        process.log and, while it waits, to run-enclave."""
+        if record.gdb is None and not record.trace:
+            return None
+        from nitro_emu.debug.config import DebugConfig
+        return DebugConfig(gdb=tuple(record.gdb) if record.gdb is not None else None,
+                           gdb_wait=record.gdb_wait, trace=frozenset(record.trace),
+                           trace_file=record.trace_file, announce=self.announce)
+
+    @property
+    def gdb_stub(self) -> tuple[str, int] | None:
+        """Where the machine's GDB stub listens (port 0 was replaced by the one it got)."""
+        debug = self.machine.debug if self.machine is not None else None
+        return debug.stub.address if debug is not None and debug.stub is not None else None
 
     def on_heartbeat(self, ok: bool) -> None:
         if self.booted:
@@ -111,13 +148,18 @@ class EnclaveProcess:
             self.fail(BOOT_FAILURE, "The enclave's init sent a wrong heartbeat byte.")
             self.machine.stop()
             return
-        self.booted = True
-        self.note(state=RUNNING)
-        published = [[p.host_addr, p.host_port, p.guest_port, *address[:2]]
-                     for p, address in self.machine.vsock.muxer.published]
-        self.report("booted", published=published)
+        with self._state_lock:
+            self.booted = True
+            if not self.terminating:
+                self.note(state=RUNNING)
+        self.report("booted", published=self.published())
 
-    # -- control requests ------------------------------------------------------------------
+    def published(self) -> list[list]:
+        """Each --publish as [host_addr, host_port, guest_port, bound host, bound port]."""
+        return [[p.host_addr, p.host_port, p.guest_port, *address[:2]]
+                for p, address in self.machine.vsock.muxer.published]
+
+    # -- control requests (on the control thread) -------------------------------------------
 
     def describe(self, request: dict) -> dict:
         machine, record = self.machine, self.record
@@ -137,14 +179,20 @@ class EnclaveProcess:
             except EifError:     # custom metadata that is not an object cannot be shown
                 metadata = [("ImageName", identity.image_name),
                             ("ImageVersion", identity.image_version)]
-        state = TERMINATING if self.terminating else RUNNING if self.booted else STARTING
-        entry = json_output.describe_info(record, os.getpid(), state, measurements, metadata)
+        with self._state_lock:
+            state = TERMINATING if self.terminating else RUNNING if self.booted else \
+                WAITING_FOR_DEBUGGER if record.gdb_wait else STARTING
+        stub = self.gdb_stub
+        entry = json_output.describe_info(record, os.getpid(), state, measurements, metadata,
+                                          gdb_stub=f"{stub[0]}:{stub[1]}" if stub else None)
         return {"ok": True, "entry": dumps_compact(entry)}
 
     def terminate(self, request: dict) -> dict:
-        self.terminating = True
-        self.note(state=TERMINATING)
+        with self._state_lock:
+            self.terminating = True
+            self.note(state=TERMINATING)
         self.machine.stop()
+        self._waker.wake()      # the emulator thread may be idle, waiting on host I/O
         return {"ok": True}
 
     def on_signal(self, number: int, _frame) -> None:
@@ -167,14 +215,17 @@ class EnclaveProcess:
             signal.signal(number, self.on_signal)
         control = ControlServer(str(self.paths.control),
                                 {"describe": self.describe, "terminate": self.terminate})
+        serving = ServingThread()
         try:
-            return self._run_machine(control)
+            return self._run_machine(control, serving)
         finally:
+            serving.stop()
             control.close()
+            serving.close()
             if self._console is not None:
                 self._console.close()
 
-    def _run_machine(self, control: ControlServer) -> int:
+    def _run_machine(self, control: ControlServer, serving: ServingThread) -> int:
         from nitro_emu.enclaves import sockaddr
 
         uds, alias = sockaddr.long_lived_address(self.record.vsock_uds)
@@ -182,39 +233,100 @@ class EnclaveProcess:
             try:
                 self.machine = self.build_machine(self.record, uds)
             except (EifError, OSError, NitroEmuError) as error:
-                code = EIF_ERROR if isinstance(error, EifError) else \
-                    SOCKET_ERROR if isinstance(error, OSError) else BOOT_FAILURE
-                self.fail(code, _sentence(error))
+                self.fail(_failure_code(error), _sentence(error))
                 self.record_end("failed", str(error))
                 return 1
-            control.start(self.machine.reactor)
-            self.report("started")
-            result = None
             try:
-                if self.stop_signal is None:
-                    result = self.machine.run()
+                self._waker = Waker(self.machine.reactor)
+                control.start(serving.reactor)
+                serving.start()
+                self.started()
+                result = None
+                try:
+                    if self.stop_signal is None:
+                        result = self.machine.run()
+                finally:
+                    serving.stop()         # refuse requests at once: the enclave is ending
+                    control.close()
+                reason, message = self.outcome(result)
+                report = self.write_post_mortem(reason, message)
             finally:
-                control.close()        # refuse requests at once: the enclave is ending
+                if self._waker is not None:
+                    self._waker.close()
                 self.machine.close()
-            if self.stop_signal is not None:
-                reason = "terminated"
-                message = f"terminated by {signal.Signals(self.stop_signal).name}"
-            elif result is None or self.terminating:
-                reason, message = "terminated", "terminated on request"
-            else:
-                reason, message = result.reason, result.message
-            if not self.booted:
-                self.fail(BOOT_FAILURE, f"The enclave ended before it booted: {reason}: "
-                                        f"{message}.")
-            self.record_end(reason, message)
+            told = False            # run-enclave printed where the report is
+            if not self.booted and self.report_fd >= 0:     # run-enclave still waits
+                where = f"; post-mortem report in {report}" if report else ""
+                told = self.fail(BOOT_FAILURE, f"The enclave ended before it booted: "
+                                               f"{reason}: {message.rstrip('.')}{where}.")
+            self.record_end(reason, message, post_mortem_report=report,
+                            post_mortem_noticed=told and report is not None)
             return 0
         finally:
             if alias is not None:
                 alias.close()
 
-    def record_end(self, reason: str, message: str) -> None:
-        self.note(state=EXITED, ended=time.time(), end_reason=reason, end_message=message)
+    def started(self) -> None:
+        """Tell run-enclave the machine is built; with --gdb-wait, that it waits for a
+        debugger (run-enclave returns: the boot now goes at the debugger's pace)."""
+        self.report("started")
+        if self.record.gdb_wait:
+            self.note(state=WAITING_FOR_DEBUGGER)
+            self.report("waiting", published=self.published())
+
+    def outcome(self, result) -> tuple[str, str]:
+        """(reason, message) of the enclave's end."""
+        if self.stop_signal is not None:
+            return "terminated", f"terminated by {signal.Signals(self.stop_signal).name}"
+        if result is None or self.terminating:
+            return "terminated", "terminated on request"
+        return result.reason, result.message
+
+    def write_post_mortem(self, reason: str, message: str) -> str | None:
+        """For an enclave that died (nitro_emu.debug.postmortem.REPORTED): its report in
+        post-mortem.txt (and --post-mortem's file); the path, or None if none was due or
+        it could not be written (said in process.log)."""
+        from nitro_emu.debug.postmortem import REPORTED, report_lines
+        from nitro_emu.debug.symbols import system_map_beside
+        if reason not in REPORTED:
+            return None
+        record = self.record
+        system_map = record.system_map or system_map_beside(record.eif_path)
+        try:
+            text = "\n".join(report_lines(self.machine.vcpu, f"{reason}: {message}",
+                                          system_map)) + "\n"
+        except Exception:          # the enclave's end is recorded even so
+            log.exception("the post-mortem report failed")
+            return None
+        written = None
+        for path in (self.paths.post_mortem, record.post_mortem):
+            if path is None:
+                continue
+            try:
+                Path(path).write_text(text, encoding="utf-8")
+            except OSError as error:
+                log.error("post-mortem report not written: %s: %s", path,
+                          error.strerror or error)
+                continue
+            written = written or str(path)
+        return written
+
+    def record_end(self, reason: str, message: str, **more: object) -> None:
+        self.note(state=EXITED, ended=time.time(), end_reason=reason, end_message=message,
+                  **more)
         log.info("enclave ended: %s: %s", reason, message)
+
+
+def _failure_code(error: BaseException) -> int:
+    """The nitro-cli code for a machine that could not be built: E35 for the EIF, E03 for
+    debugging tools that cannot be set up as asked (a busy port, an unwritable trace
+    file), E11 for other sockets, else E36."""
+    from nitro_emu.debug.config import DebugError
+    if isinstance(error, EifError):
+        return EIF_ERROR
+    if isinstance(error, DebugError):
+        return INVALID_ARGUMENT
+    return SOCKET_ERROR if isinstance(error, OSError) else BOOT_FAILURE
 
 
 def _sentence(error: BaseException) -> str:

@@ -4,7 +4,9 @@ strings or from a `--config` JSON file, checked as nitro-cli checks them.
 Values are parsed the way nitro-cli parses them (`--memory 2G`, `--enclave-cid 0` meaning
 "pick one"), and a bad value is the `NitroCliError` nitro-cli reports (E01, E02, E03,
 E17, E19, E20). Beyond nitro-cli, a spec carries the parent side of the enclave's vsock
-(`forward`, `publish`, `vsock_uds`) and the parent's identity for PCR3/PCR4.
+(`forward`, `publish`, `vsock_uds`), the parent's identity for PCR3/PCR4, and the
+debugging tools of the foreground verb (`gdb`, `gdb_wait`, `trace`, `trace_file`,
+`system_map`, `post_mortem`; nitro_emu.debug).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 
 from devices.vsock import check_guest_cid
+from nitro_emu.debug.config import parse_gdb_address
 from nitro_emu.enclaves.errors import NitroCliError
 
 U32_MAX = 0xFFFFFFFF
@@ -40,6 +43,12 @@ class RunSpec:
     vsock_uds: str | None = None
     parent_role: str | None = None
     parent_id: str | None = None
+    gdb: tuple[str, int] | None = None
+    gdb_wait: bool = False
+    trace: frozenset[str] = frozenset()
+    trace_file: str | None = None
+    system_map: str | None = None
+    post_mortem: str | None = None
 
     def __post_init__(self) -> None:
         # --attach-console implies debug mode, as in nitro-cli.
@@ -57,6 +66,10 @@ class RunSpec:
             self.enclave_cid = None
         if self.enclave_cid is not None:
             check_cid(self.enclave_cid)
+        if self.gdb_wait and self.gdb is None:
+            raise NitroCliError(1, "`gdb-wait` needs `gdb` ([HOST:]PORT of the GDB stub).")
+        if self.trace_file is not None and not self.trace:
+            raise NitroCliError(1, "`trace-file` needs `trace` (the events to trace).")
 
     @property
     def default_name(self) -> str:
@@ -129,7 +142,8 @@ _CONFIG_TYPES = {
     "eif_path": str, "enclave_cid": int, "memory_mib": int, "cpu_ids": list,
     "debug_mode": bool, "attach_console": bool, "cpu_count": int, "enclave_name": str,
     "forward": list, "publish": list, "vsock_uds": str, "parent_role": str,
-    "parent_id": str,
+    "parent_id": str, "gdb": str, "gdb_wait": bool, "trace": str, "trace_file": str,
+    "system_map": str, "post_mortem": str,
 }
 _CONFIG_REQUIRED = ("eif_path", "memory_mib")
 _CONFIG_LIMITS = {"enclave_cid": U64_MAX, "memory_mib": U64_MAX, "cpu_count": U32_MAX}
@@ -137,7 +151,9 @@ _CONFIG_LIMITS = {"enclave_cid": U64_MAX, "memory_mib": U64_MAX, "cpu_count": U3
 
 def read_config(path: str) -> RunSpec:
     """The RunSpec in a `--config` JSON file (nitro-cli's keys plus forward, publish,
-    vsock_uds, parent_role, parent_id; unknown keys are ignored, as serde does)."""
+    vsock_uds, parent_role, parent_id and the debugging keys gdb ("[HOST:]PORT"),
+    gdb_wait, trace ("syscalls,io"), trace_file, system_map, post_mortem; unknown keys
+    are ignored, as serde does)."""
     try:
         with open(path, "rb") as file:
             data = file.read(CONFIG_FILE_LIMIT + 1)
@@ -185,5 +201,26 @@ def spec_from_config(document: object, where: str = "config") -> RunSpec:
                 raise bad(f"`{key}` must list unsigned 32-bit integers, not {item!r:.40}")
             if kind is str and not isinstance(item, str):
                 raise bad(f"`{key}` must list strings, not {item!r:.40}")
+    if "gdb" in values:
+        values["gdb"] = parse_gdb(values["gdb"])
+    if "trace" in values:
+        values["trace"] = parse_trace(values["trace"])
     return RunSpec(**values)
+
+
+def parse_gdb(text: str) -> tuple[str, int]:
+    """`gdb`'s value, [HOST:]PORT; E03 otherwise."""
+    try:
+        return parse_gdb_address(text)
+    except ValueError as error:
+        raise NitroCliError(3, f"`gdb`: {error}.") from None
+
+
+def parse_trace(text: str) -> frozenset[str]:
+    """`trace`'s value, events separated by commas (or `all`); E03 otherwise."""
+    from nitro_emu.debug.trace import parse_events    # capstone: only for a trace
+    try:
+        return parse_events(text)
+    except ValueError as error:
+        raise NitroCliError(3, f"`trace`: {error}.") from None
 

@@ -7,7 +7,9 @@
         control.sock          the enclave process's control socket
         vsock.sock            its Firecracker hybrid-vsock socket
         console.log           its serial console (debug mode only), kept after it exits
-        process.log           the enclave process's own stderr
+        process.log           the enclave process's own stderr (and its GDB stub's messages)
+        trace.txt             its --trace, unless --trace-file names another file
+        post-mortem.txt       the post-mortem report of an enclave that died
 
 An enclave is alive exactly while its `alive.lock` is locked: the lock dies with the
 process, however it ends (even `kill -9`), and a reused PID cannot fool it. Records of
@@ -34,17 +36,24 @@ from nitro_emu.attestation.state import state_dir
 from nitro_emu.enclaves.errors import NitroCliError
 
 SUBDIR = "enclaves"
-RECORD, ALIVE, CONTROL, VSOCK, CONSOLE, PROCESS_LOG = (
-    "record.json", "alive.lock", "control.sock", "vsock.sock", "console.log", "process.log")
+RECORD, ALIVE, CONTROL, VSOCK, CONSOLE, PROCESS_LOG, TRACE, POST_MORTEM = (
+    "record.json", "alive.lock", "control.sock", "vsock.sock", "console.log", "process.log",
+    "trace.txt", "post-mortem.txt")
 KEEP_EXITED = 32
 RECORD_LIMIT = 1 << 20
 
 STARTING, RUNNING, TERMINATING, EXITED = "STARTING", "RUNNING", "TERMINATING", "EXITED"
+# Started with --gdb-wait: the enclave boots only as its debugger lets it (RUNNING once
+# its boot heartbeat arrives).
+WAITING_FOR_DEBUGGER = "WAITING_FOR_DEBUGGER"
 
 
 @dataclass
 class EnclaveRecord:
-    """One enclave as record.json keeps it (the run request, then what became of it)."""
+    """One enclave as record.json keeps it (the run request, then what became of it).
+    The debugging fields are RunSpec's, with `gdb` as [host, port] and the paths absolute;
+    `post_mortem_report` is where the report of its death was written, and
+    `post_mortem_noticed` whether describe-enclaves has pointed at it yet."""
 
     enclave_id: str
     slot: str
@@ -60,12 +69,20 @@ class EnclaveRecord:
     vsock_uds: str = ""
     parent_role: str | None = None
     parent_id: str | None = None
+    gdb: list | None = None
+    gdb_wait: bool = False
+    trace: list[str] = field(default_factory=list)
+    trace_file: str | None = None
+    system_map: str | None = None
+    post_mortem: str | None = None
     state: str = STARTING
     pid: int | None = None
     created: float = 0.0
     ended: float | None = None
     end_reason: str | None = None
     end_message: str | None = None
+    post_mortem_report: str | None = None
+    post_mortem_noticed: bool = False
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode()
@@ -95,6 +112,8 @@ class EnclavePaths:
         self.vsock = directory / VSOCK
         self.console = directory / CONSOLE
         self.process_log = directory / PROCESS_LOG
+        self.trace = directory / TRACE
+        self.post_mortem = directory / POST_MORTEM
 
 
 def _is_slot(name: str) -> bool:
