@@ -1,7 +1,8 @@
 """The machine's reactor for host file descriptors (implements `interfaces.HostIo`).
 
 Devices register sockets and the terminal here; the run loop polls it between CPU slices
-(timeout 0) and blocks in it while the guest idles, so host I/O never needs a thread."""
+(timeout 0) and blocks in it while the guest idles, so host I/O never needs a thread.
+`wake()` (from another thread or a signal handler) ends a blocking poll at once."""
 from __future__ import annotations
 
 import selectors
@@ -24,6 +25,25 @@ class HostReactor:
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
         self._active: set[int] = set()  # registered descriptors that are not listeners
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, self._drain_wakes)
+
+    def wake(self) -> None:
+        """Make a poll that is waiting (or the next one) return at once. Safe from any
+        thread and from signal handlers."""
+        try:
+            self._wake_writer.send(b"\0")
+        except OSError:        # full (a wake is already pending) or closed: nothing to do
+            pass
+
+    def _drain_wakes(self, _mask: int) -> None:
+        try:
+            while self._wake_reader.recv(256):
+                pass
+        except OSError:
+            pass
 
     def register(self, fileobj: object, events: int, callback: Callable[[int], None], *,
                  background: bool = False) -> None:
@@ -45,7 +65,8 @@ class HostReactor:
         self._active.discard(key.fd)
 
     def is_empty(self) -> bool:
-        return not self._selector.get_map()
+        """True when no file but the reactor's own waker is registered."""
+        return len(self._selector.get_map()) <= 1
 
     def only_listening(self) -> bool:
         """True when nothing but listening sockets is registered: no host conversation is
@@ -56,8 +77,6 @@ class HostReactor:
     def poll(self, timeout: float | None = 0.0) -> int:
         """Run the callbacks of every ready file; wait at most `timeout` seconds
         (None: forever). Returns how many callbacks ran."""
-        if not self._selector.get_map():
-            return 0
         ready = self._selector.select(timeout)
         for key, events in ready:
             key.data(events)
@@ -65,3 +84,5 @@ class HostReactor:
 
     def close(self) -> None:
         self._selector.close()
+        self._wake_reader.close()
+        self._wake_writer.close()

@@ -260,8 +260,10 @@ class Machine:
         return RunResult("stopped", "the machine was stopped", False, rip)
 
     def stop(self) -> None:
-        """Stop the run from another thread (or a signal handler)."""
+        """Stop the run from another thread (or a signal handler), at once even while
+        the guest idles."""
         self._finish("stopped", "the machine was stopped", ok=False)
+        self.reactor.wake()
         if self.debug is not None:
             self.debug.abandon()
 

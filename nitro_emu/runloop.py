@@ -124,9 +124,6 @@ class RunLoop:
             if wall_deadline is not None:
                 left = max(0.0, wall_deadline - time.monotonic())
                 timeout = left if timeout is None else min(timeout, left)
-            if reactor.is_empty():
-                time.sleep(timeout)
-            else:
-                reactor.poll(timeout)
+            reactor.poll(timeout)      # host I/O, or a wake() from stop()
             self._between_slices()
         return None

@@ -211,3 +211,36 @@ def test_an_idle_guest_skips_ahead_only_a_few_seconds_then_runs_in_real_time(sta
     # At the cap the loop waits for the guest's timers: a few idle rounds per timer, not
     # the hundreds of thousands a loop spinning on ever smaller skips makes.
     assert result.stats["idle_rounds"] < 20_000, result.stats
+
+
+@pytest.mark.guest
+def test_stop_ends_an_idle_guest_at_once(state_dir) -> None:
+    """stop() from another thread wakes the run loop out of its idle wait (the reactor's
+    waker): it does not wait for the guest's next timer."""
+    import io
+    import threading
+
+    from nitro_emu import Machine
+
+    machine = Machine(guest_image("echo.eif"), guest_cid=16, state_dir=state_dir,
+                      console=io.BytesIO())
+    next_timer = []
+
+    def stop_when_idle() -> None:
+        time.sleep(8)            # booted, lead spent: the loop waits in real time
+        clock = machine.clock
+        while (deadline := clock.next_deadline()) is not None \
+                and deadline - clock.now_ns() < 200_000_000:
+            time.sleep(0.01)     # stop while the guest's next timer is well away
+        next_timer.append(deadline)
+        machine.stop()
+
+    threading.Thread(target=stop_when_idle, daemon=True).start()
+    try:
+        result = machine.run(timeout=120)
+        ended = machine.clock.now_ns()
+    finally:
+        machine.close()
+    assert result.reason == "stopped"
+    # The loop left its wait before the guest's next timer would have woken it.
+    assert next_timer[0] is None or ended < next_timer[0], (ended, next_timer)

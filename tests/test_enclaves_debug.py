@@ -22,7 +22,7 @@ from hypothesis import given, settings, strategies as st
 
 from eif.jsonfmt import Fields
 from nitro_emu.enclaves.control import ControlServer, request
-from nitro_emu.enclaves.control_thread import ServingThread, Waker
+from nitro_emu.enclaves.control_thread import ServingThread
 from nitro_emu.enclaves.errors import NitroCliError
 from nitro_emu.enclaves.json_output import describe_info
 from nitro_emu.enclaves.spec import spec_from_config
@@ -259,20 +259,19 @@ def test_the_gdb_stub_comes_after_every_key_of_nitro_cli():
 
 def test_the_control_socket_is_served_while_the_main_thread_is_busy(tmp_path):
     """What the enclave process relies on when a debugger holds its emulator thread: the
-    control thread answers on its own, stop signals stay with the main thread, and the
-    waker gets the main thread out of a wait on its reactor."""
+    control thread answers on its own, stop signals stay with the main thread, and a
+    wake of the main thread's reactor gets it out of its wait."""
     from board.reactor import HostReactor
     seen = []
 
     def describe(request_: dict) -> dict:
         seen.append((threading.current_thread() is threading.main_thread(),
                      signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])))
-        waker.wake()
+        main_reactor.wake()
         return {"ok": True}
 
     path = tmp_path / "control.sock"
     main_reactor = HostReactor()
-    waker = Waker(main_reactor)
     serving = ServingThread()
     server = ControlServer(str(path), {"describe": describe})
     server.start(serving.reactor)
@@ -289,7 +288,6 @@ def test_the_control_socket_is_served_while_the_main_thread_is_busy(tmp_path):
         serving.stop()
         server.close()
         serving.close()
-        waker.close()
         main_reactor.close()
     assert not path.exists()
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # main: untouched

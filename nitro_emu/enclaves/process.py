@@ -37,7 +37,7 @@ from eif.jsonfmt import Fields, dumps_compact
 from nitro_emu.enclaves import json_output
 from nitro_emu.enclaves.console_log import ConsoleFile
 from nitro_emu.enclaves.control import ControlServer
-from nitro_emu.enclaves.control_thread import ServingThread, Waker
+from nitro_emu.enclaves.control_thread import ServingThread
 from nitro_emu.enclaves.store import (EXITED, RUNNING, STARTING, TERMINATING,
                                       WAITING_FOR_DEBUGGER, EnclaveRecord, EnclaveStore)
 from nitro_emu.errors import NitroEmuError
@@ -71,7 +71,6 @@ class EnclaveProcess:
         self.terminating = False
         self.stop_signal: int | None = None
         self._console: ConsoleFile | None = None
-        self._waker: Waker | None = None
         # booted and terminating change on both threads (heartbeat, control requests)
         self._state_lock = threading.Lock()
 
@@ -191,8 +190,7 @@ class EnclaveProcess:
         with self._state_lock:
             self.terminating = True
             self.note(state=TERMINATING)
-        self.machine.stop()
-        self._waker.wake()      # the emulator thread may be idle, waiting on host I/O
+        self.machine.stop()     # wakes the emulator thread even when the guest idles
         return {"ok": True}
 
     def on_signal(self, number: int, _frame) -> None:
@@ -237,7 +235,6 @@ class EnclaveProcess:
                 self.record_end("failed", str(error))
                 return 1
             try:
-                self._waker = Waker(self.machine.reactor)
                 control.start(serving.reactor)
                 serving.start()
                 self.started()
@@ -251,8 +248,6 @@ class EnclaveProcess:
                 reason, message = self.outcome(result)
                 report = self.write_post_mortem(reason, message)
             finally:
-                if self._waker is not None:
-                    self._waker.close()
                 self.machine.close()
             told = False            # run-enclave printed where the report is
             if not self.booted and self.report_fd >= 0:     # run-enclave still waits
