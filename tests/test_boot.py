@@ -229,7 +229,12 @@ def test_stop_ends_an_idle_guest_at_once(state_dir) -> None:
     def stop_when_idle() -> None:
         time.sleep(8)            # booted, lead spent: the loop waits in real time
         clock = machine.clock
-        while (deadline := clock.next_deadline()) is not None \
+
+        def next_deadline() -> int | None:   # read-only: the emulator thread owns the heap
+            return min((d for d, _, timer in list(clock._timers) if not timer.cancelled),
+                       default=None)
+
+        while (deadline := next_deadline()) is not None \
                 and deadline - clock.now_ns() < 200_000_000:
             time.sleep(0.01)     # stop while the guest's next timer is well away
         next_timer.append(deadline)
