@@ -1,14 +1,13 @@
 """Boot-path benchmark (issue 4): wall time from process start to the hello line for
 hello.eif under nitro-emu, and in the same run the same kernel and ramdisks under QEMU's
-TCG (`-M microvm -cpu qemu64,-apic -accel tcg`); medians, the ratio, the emulator's peak
-RSS, and sysbench-lite's per-operation costs on both machines. Prints figures only.
+TCG (`-M microvm -cpu qemu64,-apic -accel tcg`); medians, the ratio and the emulator's
+peak RSS (sysbench-lite's per-event costs: benchmarks/sysbench.py). Prints figures only.
 
     .venv/bin/python benchmarks/boot.py [--runs 5] [--guest-dir build/guest]
 """
 from __future__ import annotations
 
 import argparse
-import re
 import resource
 import shutil
 import statistics
@@ -24,8 +23,6 @@ sys.path.insert(0, str(ROOT))
 from eif import read_eif  # noqa: E402
 
 HELLO = b"Hello from the enclave side!"
-SYSBENCH_LINE = re.compile(rb"^(syscall|pagefault|fork-exec)\s+(\d+) ops\s+[\d.]+ s\s+([\d.]+) us/op",
-                           re.M)
 
 
 def time_to_line(command: list[str], marker: bytes, limit: float = 600,
@@ -72,20 +69,15 @@ def emulator_command(eif_path: Path) -> list[str]:
     return [sys.executable, "-m", "nitro_emu", str(eif_path), "--guest-cid", "8"]
 
 
-def sysbench(output: bytes) -> dict[str, float]:
-    return {m.group(1).decode(): float(m.group(3)) for m in SYSBENCH_LINE.finditer(output)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--guest-dir", type=Path, default=ROOT / "build" / "guest")
     args = parser.parse_args()
-    hello, bench = args.guest_dir / "hello.eif", args.guest_dir / "sysbench.eif"
+    hello = args.guest_dir / "hello.eif"
 
     emulator = [time_to_line(emulator_command(hello), HELLO)[0] for _ in range(args.runs)]
     peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    _, emulator_bench = time_to_line(emulator_command(bench), b"fork-exec")
     print(f"nitro-emu  hello.eif: median {statistics.median(emulator):.2f} s to the hello line "
           f"(runs: {', '.join(f'{t:.2f}' for t in emulator)}), peak RSS {peak_rss_mib:.0f} MiB")
 
@@ -95,16 +87,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         qemu_hello = qemu_command(hello, Path(work))
         qemu = [time_to_line(qemu_hello, HELLO)[0] for _ in range(args.runs)]
-        _, qemu_bench = time_to_line(qemu_command(bench, Path(work)), b"fork-exec")
     print(f"QEMU TCG   hello.eif: median {statistics.median(qemu):.2f} s "
           f"(runs: {', '.join(f'{t:.2f}' for t in qemu)})")
     print(f"ratio nitro-emu / QEMU: {statistics.median(emulator) / statistics.median(qemu):.2f}")
-    ours, theirs = sysbench(emulator_bench), sysbench(qemu_bench)
-    print(f"{'sysbench-lite':14} {'nitro-emu':>12} {'QEMU TCG':>12} {'ratio':>7}")
-    for name in ("syscall", "pagefault", "fork-exec"):
-        a, b = ours.get(name), theirs.get(name)
-        ratio = f"{a / b:7.2f}" if a and b else "      -"
-        print(f"{name:14} {a or 0:9.1f} us {b or 0:9.1f} us {ratio}")
 
 
 if __name__ == "__main__":
