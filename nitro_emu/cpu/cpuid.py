@@ -22,6 +22,12 @@ _EXTENDED_LEAVES = [(0x80000000, 0), (0x80000001, 0), (0x80000002, 0), (0x800000
                     (0x80000004, 0), (0x80000005, 0), (0x80000006, 0), (0x80000008, 0)]
 _MAX_BASIC_LEAF = 0x16
 _PROBE_CODE_ADDRESS = 0x1000
+# "Fast REP MOVSB/STOSB" hints. TCG runs a REP string instruction one element per pass
+# through its translated block, so Linux's byte-wise ERMS routines (clear_page_erms,
+# rep movsb in memcpy and copy_user) cost 8x the passes of the REP MOVSQ/STOSQ ones it
+# uses without them. Only hints: no instruction changes behaviour.
+_ERMS = 1 << 9    # leaf 7 EBX
+_FSRM = 1 << 4    # leaf 7 EDX
 
 
 def _scratch_cpu() -> unicorn.Uc:
@@ -84,6 +90,8 @@ class CpuidModel:
         mhz = tsc_hz // 1_000_000
         leaves[(0x16, 0)] = (mhz, mhz, 100, 0)
         leaves[(0x80000007, 0)] = (0, 0, 0, 1 << 8)  # invariant TSC
+        eax, ebx, ecx, edx = native[(7, 0)]
+        leaves[(7, 0)] = (eax, ebx & ~_ERMS, ecx, edx & ~_FSRM)
         eax, _, _, _ = native[(0x80000000, 0)]
         self._max_extended = max(eax, 0x80000008)
         self._leaves = leaves
