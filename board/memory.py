@@ -24,6 +24,11 @@ class GuestRam:
             raise ValueError(f"guest RAM size must be a positive multiple of 4 KiB, not {size}")
         self.size = size
         self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        # Transparent huge pages where the host allows them on request (as QEMU asks for
+        # its guest RAM): one host fault per 2 MiB instead of per 4 KiB the guest first
+        # touches, and fewer host TLB misses in translated code.
+        if hasattr(mmap, "MADV_HUGEPAGE"):
+            self._map.madvise(mmap.MADV_HUGEPAGE)
         self._view = memoryview(self._map)
         self._ctype = ctypes.c_char.from_buffer(self._map)
 
