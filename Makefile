@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m nitro_emu.cpu.fastpath >/dev/null || true   # native CPU hooks; Python ones if not
 	touch $@
 
 setup: system-deps $(VENV)/.installed

@@ -68,6 +68,11 @@ class ExceptionDelivery:
 
     # -- public ----------------------------------------------------------------------------
 
+    @property
+    def reserved_address_bits(self) -> int:
+        """Page-table address bits above the CPU's physical address width (reserved)."""
+        return self._rsvd_high
+
     def deliver_pending_exception(self) -> None:
         """From a Unicorn interrupt/invalid-instruction hook: deliver the exception that
         Unicorn raised (vector in exception_index, error code in env). Raises TripleFault."""

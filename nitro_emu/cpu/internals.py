@@ -60,6 +60,11 @@ def _library() -> ctypes.CDLL:
     return binding.uclib
 
 
+def library_function(name: str) -> int:
+    """The address of one of Unicorn's exported functions (for native hooks)."""
+    return ctypes.cast(getattr(_library(), name), ctypes.c_void_p).value
+
+
 class _SafeReader:
     """Reads process memory through /proc/self/mem, so a wrong guess is an error, not a
     segmentation fault."""

@@ -10,6 +10,7 @@ from unicorn import x86_const as x86
 
 from nitro_emu.cpu.cpuid import CpuidModel
 from nitro_emu.cpu.delivery import ExceptionDelivery, TripleFault
+from nitro_emu.cpu.fastpath import NativeHooks, load_library
 from nitro_emu.cpu.internals import CpuInternals, R_CS, R_SS, disable_mid_instruction_exits
 from nitro_emu.cpu.interrupt_window import InterruptWindow
 from nitro_emu.errors import NitroEmuError
@@ -50,10 +51,14 @@ class GuestFault(NitroEmuError):
 
 
 class Vcpu:
-    """The CPU of the machine. `run_slice()` runs guest code until something stops it."""
+    """The CPU of the machine. `run_slice()` runs guest code until something stops it.
+
+    SYSCALL and exceptions go through native hooks (fastpath.c) when they can be built,
+    else through the Python hooks below; `native=False` forces the Python ones."""
 
     def __init__(self, ram: GuestRam, port_read: Callable[[int, int], int],
-                 port_write: Callable[[int, int, int], None], cpuid: CpuidModel) -> None:
+                 port_write: Callable[[int, int, int], None], cpuid: CpuidModel,
+                 native: bool = True) -> None:
         uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_64)
         self.uc = uc
         self.internals = CpuInternals(uc)
@@ -68,14 +73,23 @@ class Vcpu:
         self.fault: GuestFault | None = None
         self._stopped = False
         self._stop_pending = False
-        self.counters = {"exceptions": 0, "syscalls": 0, "interrupts": 0}
+        self._counters = {"exceptions": 0, "syscalls": 0, "interrupts": 0}
         regs = self.internals.regs
         self._regs = regs
-        uc.hook_add(unicorn.UC_HOOK_INTR, self._on_exception)
-        uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid_instruction)
+        library = load_library() if native else None
+        self._native: NativeHooks | None = None
+        if library is not None:
+            self._native = NativeHooks(
+                library, self.internals, ram.host_address, ram.size,
+                self.delivery.reserved_address_bits, FLAT_CODE64_FLAGS, FLAT_DATA_FLAGS,
+                slow_exception=self._deliver_pending, slow_syscall=self._syscall_undefined)
+        else:
+            uc.hook_add(unicorn.UC_HOOK_INTR, self._on_exception)
+            uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid_instruction)
+            uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0,
+                        x86.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0, x86.UC_X86_INS_SYSCALL)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
         # Only above RAM: with any memory hook covering a RAM page Unicorn never clears that
         # page's TLB_NOTDIRTY bit, and every store to RAM takes the slow path.
@@ -90,6 +104,21 @@ class Vcpu:
         """The PIC's INTR line and INTA cycle."""
         self._has_interrupt = has_interrupt
         self._acknowledge = acknowledge
+
+    @property
+    def native(self) -> bool:
+        """True when SYSCALL and exceptions run through the native hooks."""
+        return self._native is not None
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Events so far: exceptions, syscalls, interrupts (and, with the native hooks,
+        slow_exceptions: those handed back to the Python path)."""
+        counters = dict(self._counters)
+        if self._native is not None:
+            for name, value in self._native.counters.items():
+                counters[name] = counters.get(name, 0) + value
+        return counters
 
     # -- state -----------------------------------------------------------------------------
 
@@ -199,7 +228,7 @@ class Vcpu:
 
     def inject_interrupt(self, vector: int) -> None:
         """Deliver an external interrupt now (between slices)."""
-        self.counters["interrupts"] += 1
+        self._counters["interrupts"] += 1
         try:
             self.delivery.deliver_external_interrupt(vector)
         except TripleFault as error:
@@ -248,7 +277,7 @@ class Vcpu:
                 return False
             if not self.internals.eflags.value & _IF or self.internals.interrupts_inhibited():
                 return False
-            self.counters["interrupts"] += 1
+            self._counters["interrupts"] += 1
             self.delivery.deliver_external_interrupt(self._acknowledge())
             if not self._has_interrupt():
                 self.window.clear()
@@ -259,25 +288,32 @@ class Vcpu:
             return True
         except BaseException as error:  # never let an exception unwind into C
             self.window.clear()
-            self.fault = GuestFault(f"emulator error while delivering an interrupt: {error!r}",
-                                    self.internals.eip.value)
-            self._emu_stop()
+            self._emulator_error("delivering an interrupt", error)
             return False
 
     def _on_exception(self, uc: unicorn.Uc, vector: int, _: object) -> None:
-        self.counters["exceptions"] += 1
-        try:
-            self.delivery.deliver_pending_exception()
-        except TripleFault as error:
-            self._shut_down(error)
+        self._counters["exceptions"] += 1
+        self._deliver_pending()
 
     def _on_invalid_instruction(self, uc: unicorn.Uc, _: object) -> bool:
-        self.counters["exceptions"] += 1
+        self._counters["exceptions"] += 1
+        self._deliver_pending()
+        return True
+
+    def _deliver_pending(self) -> None:
+        """The exception Unicorn raised, through the checked delivery (also the native
+        hooks' path for every case they do not take themselves)."""
         try:
             self.delivery.deliver_pending_exception()
         except TripleFault as error:
             self._shut_down(error)
-        return True
+        except BaseException as error:  # never let an exception unwind into C
+            self._emulator_error("delivering an exception", error)
+
+    def _emulator_error(self, doing: str, error: BaseException) -> None:
+        self.fault = GuestFault(f"emulator error while {doing}: {error!r}",
+                                self.internals.eip.value)
+        self._emu_stop()
 
     def _shut_down(self, error: TripleFault) -> None:
         """The CPU cannot deliver an exception: record it and end the slice. The guest's
@@ -295,14 +331,10 @@ class Vcpu:
         """SYSCALL in 64-bit mode, as QEMU's helper_syscall does it (Unicorn only calls
         hooks and then adds 2 to RIP, so RIP is set to LSTAR - 2)."""
         internals = self.internals
-        self.counters["syscalls"] += 1
+        self._counters["syscalls"] += 1
         rip = internals.eip.value
         if not internals.hflags.value & _HF_CS64 or not internals.efer.value & _EFER_SCE:
-            try:
-                self.delivery.deliver_exception(_UD, 0)
-            except TripleFault as error:
-                self._shut_down(error)
-            internals.eip.value -= 2
+            self._syscall_undefined()
             return
         regs = self._regs
         regs[1] = rip + 2
@@ -313,6 +345,16 @@ class Vcpu:
         internals.load_flat_segment(R_SS, (selector + 8) & 0xFFFC, FLAT_DATA_FLAGS)
         internals.set_cpl(0)
         internals.eip.value = (internals.lstar.value - 2) & 0xFFFFFFFFFFFFFFFF
+
+    def _syscall_undefined(self) -> None:
+        """SYSCALL outside 64-bit mode or with EFER.SCE clear: #UD at the instruction."""
+        try:
+            self.delivery.deliver_exception(_UD, 0)
+        except TripleFault as error:
+            self._shut_down(error)
+        except BaseException as error:  # never let an exception unwind into C
+            self._emulator_error("raising #UD for SYSCALL", error)
+        self.internals.eip.value -= 2
 
     def _on_cpuid(self, uc: unicorn.Uc, _: object) -> int:
         regs = self._regs
