@@ -38,7 +38,11 @@ HEARTBEAT_OFF = "nitro_emu.heartbeat=off"
 # invariant TSC moved in step with virtual time, so it is reliable; without this Linux
 # checks it against jiffies, which lag whenever ticks merge under emulation. io_delay=none:
 # no dummy write to port 0x80 after every PIC/PIT access (one hook each, for nothing).
-MACHINE_CMDLINE = ("tsc=reliable", "io_delay=none")
+# mitigations=off: the emulated CPU executes nothing speculatively, so the kernel's
+# side-channel mitigations (which it turns on for the Intel model the CPUID presents:
+# page-table isolation, VERW on every return to user, retpolines) protect nothing; PTI
+# alone made every system call two CR3 writes, each a full TLB flush in TCG.
+MACHINE_CMDLINE = ("tsc=reliable", "io_delay=none", "mitigations=off")
 
 
 @dataclass(frozen=True)
