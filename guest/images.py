@@ -49,6 +49,7 @@ IMAGES = {
     # a guest that never stops, for stopping it from a debugger (Ctrl-C)
     "spin": Image("spin", "tiny", ("sh", "-c", "while :; do :; done")),
     "hello-aws": Image("hello-aws", "aws", ("echo", HELLO_LINE)),
+    "sysbench-aws": Image("sysbench-aws", "aws", ("sysbench-lite",)),
     # The soak benchmark's enclave: echoes on vsock port 5000 and attests once a second
     # (nonce = a counter) until it is stopped; the host checks both.
     "soak": Image("soak", "tiny", (

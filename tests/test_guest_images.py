@@ -37,9 +37,10 @@ def test_aws_cmdline_is_exact():
 
 def test_the_images():
     assert sorted(IMAGES) == sorted(["hello", "echo", "attest", "shell", "sysbench", "spin",
-                                     "hello-aws", "soak"])
-    assert IMAGES["hello-aws"].kernel == "aws"
-    assert all(i.kernel == "tiny" for n, i in IMAGES.items() if n != "hello-aws")
+                                     "hello-aws", "soak", "sysbench-aws"])
+    on_aws = ("hello-aws", "sysbench-aws")
+    assert all(IMAGES[n].kernel == "aws" for n in on_aws)
+    assert all(i.kernel == "tiny" for n, i in IMAGES.items() if n not in on_aws)
 
 
 def _is_static_elf(data: bytes) -> bool:
