@@ -204,8 +204,8 @@ def test_external_interrupt_wakes_a_halted_cpu() -> None:
     assert machine.vcpu.fault is None and machine.reg("r12") == 0x30
 
 
-def test_cpuid_hides_the_apic_and_reports_the_tsc_frequency() -> None:
-    machine = MiniMachine()
+def test_cpuid_hides_the_apic_and_reports_the_tsc_frequency(native) -> None:
+    machine = MiniMachine(native=native)
     cpuid = b"\x0f\xa2"
     machine.vcpu.write_register("rax", 1)
     machine.run(cpuid + HLT)
@@ -220,6 +220,32 @@ def test_cpuid_hides_the_apic_and_reports_the_tsc_frequency() -> None:
     machine.run(cpuid + HLT)
     denominator, numerator, crystal = machine.reg("eax"), machine.reg("ebx"), machine.reg("ecx")
     assert crystal * numerator // denominator == machine.vcpu.cpuid.tsc_hz // 1000 * 1000
+
+
+def cpuid_answers(machine: MiniMachine, queries) -> list[tuple[int, int, int, int]]:
+    answers = []
+    for leaf, subleaf in queries:
+        machine.vcpu.write_register("rax", leaf)
+        machine.vcpu.write_register("rcx", subleaf)
+        machine.run(b"\x0f\xa2" + HLT)
+        answers.append(tuple(machine.reg(r) for r in ("eax", "ebx", "ecx", "edx")))
+    return answers
+
+
+def test_native_and_python_cpuid_answer_alike() -> None:
+    if load_library() is None:
+        pytest.skip("the native hooks cannot be built here (no C compiler)")
+    queries = [(leaf, subleaf) for leaf in (*range(0x20), *range(0x80000000, 0x8000000A),
+                                            0x40000000, 0xFFFFFFFF)
+               for subleaf in (0, 1, 2, 3, 0xFFFFFFFF)]
+    machines = [MiniMachine(native=True), MiniMachine(native=False)]
+    native, python = (cpuid_answers(m, queries) for m in machines)
+    assert native == python
+    assert any(answer != (0, 0, 0, 0) for answer in native)
+    for machine in machines:  # OSXSAVE follows CR4.OSXSAVE in both
+        machine.vcpu.write_register("cr4", machine.reg("cr4") | 1 << 18)
+    native, python = (cpuid_answers(m, [(1, 0)]) for m in machines)
+    assert native == python and native[0][2] & 1 << 27
 
 
 @pytest.mark.parametrize("idt_limit", [0, 6 * 16 - 1])

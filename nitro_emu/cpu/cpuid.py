@@ -22,6 +22,7 @@ _EXTENDED_LEAVES = [(0x80000000, 0), (0x80000001, 0), (0x80000002, 0), (0x800000
                     (0x80000004, 0), (0x80000005, 0), (0x80000006, 0), (0x80000008, 0)]
 _MAX_BASIC_LEAF = 0x16
 _PROBE_CODE_ADDRESS = 0x1000
+_SUBLEAF_LEAVES = frozenset((4, 7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18))
 # "Fast REP MOVSB/STOSB" hints. TCG runs a REP string instruction one element per pass
 # through its translated block, so Linux's byte-wise ERMS routines (clear_page_erms,
 # rep movsb in memcpy and copy_user) cost 8x the passes of the REP MOVSQ/STOSQ ones it
@@ -99,8 +100,16 @@ class CpuidModel:
 
     def lookup(self, leaf: int, subleaf: int) -> Registers:
         """The four registers for CPUID(leaf, subleaf); unknown leaves read as zeros."""
-        if leaf in (4, 7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18):
+        if leaf in _SUBLEAF_LEAVES:
             return self._leaves.get((leaf, subleaf), (0, 0, 0, 0))
         if leaf <= _MAX_BASIC_LEAF or 0x80000000 <= leaf <= self._max_extended:
             return self._leaves.get((leaf, 0), (0, 0, 0, 0))
         return (0, 0, 0, 0)
+
+    def table(self) -> list[tuple[int, int, int, int, int, int, int]]:
+        """The model as rows (leaf, subleaf, any_subleaf, eax, ebx, ecx, edx) for the native
+        hook: the first row whose leaf matches, and whose subleaf does unless any_subleaf,
+        answers; no row means zeros, as `lookup` says."""
+        return [(leaf, subleaf, int(leaf not in _SUBLEAF_LEAVES), *self.lookup(leaf, subleaf))
+                for leaf, subleaf in sorted(self._leaves)
+                if leaf in _SUBLEAF_LEAVES or subleaf == 0]

@@ -1,6 +1,6 @@
 /*
- * Native Unicorn hooks for the guest's most frequent events: SYSCALL and exceptions
- * (#PF above all). Loaded by nitro_emu/cpu/fastpath.py, which fills `struct fastpath`
+ * Native Unicorn hooks for the guest's most frequent events: SYSCALL, exceptions (#PF
+ * above all) and CPUID (glibc runs it some fifty times in every process it starts). Loaded by nitro_emu/cpu/fastpath.py, which fills `struct fastpath`
  * with pointers into Unicorn's CPU state (found and checked by internals.py), guest RAM
  * and Unicorn's own routines, and registers these hooks in place of the Python ones.
  *
@@ -24,6 +24,10 @@ struct segment {            /* QEMU's SegmentCache */
     uint32_t limit, flags;
 };
 
+struct cpuid_entry {        /* CpuidModel.table() */
+    uint32_t leaf, subleaf, any_subleaf, eax, ebx, ecx, edx;
+};
+
 struct fastpath {
     void *cpu;                           /* CPUState */
     void *env;                           /* CPUX86State */
@@ -41,6 +45,8 @@ struct fastpath {
     void (*do_interrupt)(void *cpu);
     void (*slow_exception)(void);        /* Python: checked delivery, exact faults */
     void (*slow_syscall)(void);          /* Python: SYSCALL that raises #UD */
+    const struct cpuid_entry *cpuid;
+    uint64_t cpuid_count;
     uint64_t exceptions, syscalls, slow_exceptions;
 };
 
@@ -252,15 +258,40 @@ void nitro_on_syscall(void *uc, struct fastpath *f)
     *f->eip = *f->lstar - 2;
 }
 
+/* -- CPUID ----------------------------------------------------------------------------- */
+
+#define CR4_OSXSAVE (1ull << 18)
+
+/* UC_HOOK_INSN for CPUID: answers from the model's table (vcpu.py _on_cpuid); returns 1 so
+ * that Unicorn skips its own answer. */
+int nitro_on_cpuid(void *uc, struct fastpath *f)
+{
+    (void)uc;
+    uint32_t leaf = (uint32_t)f->regs[0], subleaf = (uint32_t)f->regs[RCX];
+    uint32_t out[4] = {0, 0, 0, 0};
+    for (uint64_t i = 0; i < f->cpuid_count; i++) {
+        const struct cpuid_entry *e = &f->cpuid[i];
+        if (e->leaf == leaf && (e->any_subleaf || e->subleaf == subleaf)) {
+            out[0] = e->eax, out[1] = e->ebx, out[2] = e->ecx, out[3] = e->edx;
+            break;
+        }
+    }
+    if (leaf == 1)  /* OSXSAVE mirrors CR4.OSXSAVE */
+        out[2] = (out[2] & ~(1u << 27)) | (uint32_t)((f->cr[4] & CR4_OSXSAVE) ? 1u << 27 : 0);
+    f->regs[0] = out[0], f->regs[3] = out[1], f->regs[RCX] = out[2], f->regs[2] = out[3];
+    return 1;
+}
+
 /* -- registration ---------------------------------------------------------------------- */
 
 typedef int (*hook_add_fn)(void *uc, size_t *handle, int type, void *callback,
                            void *user_data, uint64_t begin, uint64_t end, ...);
 
-/* Registers the three hooks through Unicorn's uc_hook_add (variadic: called from C so the
- * instruction id is passed as a variadic argument should be). Returns Unicorn's error. */
+/* Registers the hooks through Unicorn's uc_hook_add (variadic: called from C so that the
+ * instruction ids are passed as variadic arguments should be). Returns Unicorn's error. */
 int nitro_install(struct fastpath *f, void *uc, hook_add_fn hook_add, int hook_intr,
-                  int hook_insn, int hook_insn_invalid, int insn_syscall, size_t handles[3])
+                  int hook_insn, int hook_insn_invalid, int insn_syscall, int insn_cpuid,
+                  size_t handles[4])
 {
     int error = hook_add(uc, &handles[0], hook_intr, (void *)nitro_on_exception, f, 1, 0);
     if (!error)
@@ -269,5 +300,8 @@ int nitro_install(struct fastpath *f, void *uc, hook_add_fn hook_add, int hook_i
     if (!error)
         error = hook_add(uc, &handles[2], hook_insn, (void *)nitro_on_syscall, f, 1, 0,
                          insn_syscall);
+    if (!error)
+        error = hook_add(uc, &handles[3], hook_insn, (void *)nitro_on_cpuid, f, 1, 0,
+                         insn_cpuid);
     return error;
 }

@@ -1,4 +1,5 @@
-"""Native hooks for SYSCALL and exceptions (fastpath.c), built with the host's C compiler.
+"""Native hooks for SYSCALL, exceptions and CPUID (fastpath.c), built with the host's C
+compiler.
 
 A Python hook costs microseconds per call (ctypes callback, attribute lookups, ctypes
 field access), the same order as the guest work of a system call or page fault, so
@@ -41,6 +42,13 @@ DISABLE_VARIABLE = "NITRO_EMU_NATIVE"
 _VOID_CALLBACK = ctypes.CFUNCTYPE(None)
 
 
+class CpuidEntry(ctypes.Structure):
+    """`struct cpuid_entry` of fastpath.c."""
+
+    _fields_ = [(name, ctypes.c_uint32) for name in
+                ("leaf", "subleaf", "any_subleaf", "eax", "ebx", "ecx", "edx")]
+
+
 class FastpathState(ctypes.Structure):
     """`struct fastpath` of fastpath.c, field for field."""
 
@@ -60,6 +68,7 @@ class FastpathState(ctypes.Structure):
         ("read_eflags", ctypes.c_void_p), ("write_eflags", ctypes.c_void_p),
         ("do_interrupt", ctypes.c_void_p),
         ("slow_exception", _VOID_CALLBACK), ("slow_syscall", _VOID_CALLBACK),
+        ("cpuid", ctypes.POINTER(CpuidEntry)), ("cpuid_count", ctypes.c_uint64),
         ("exceptions", ctypes.c_uint64), ("syscalls", ctypes.c_uint64),
         ("slow_exceptions", ctypes.c_uint64),
     ]
@@ -119,20 +128,23 @@ def _compiled_library() -> ctypes.CDLL | None:
     library.nitro_install.restype = ctypes.c_int
     library.nitro_install.argtypes = [
         ctypes.POINTER(FastpathState), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
+        ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
     return library
 
 
 class NativeHooks:
     """The C hooks registered on one vCPU. `slow_exception()` and `slow_syscall()` are the
-    Python paths for the cases the C code hands back."""
+    Python paths for the cases the C code hands back; CPUID is answered from
+    `cpuid_table`, rows (leaf, subleaf, any_subleaf, eax, ebx, ecx, edx)."""
 
     def __init__(self, library: ctypes.CDLL, internals: CpuInternals, ram_address: int,
                  ram_size: int, rsvd_high: int, code64_flags: int, data_flags: int,
-                 slow_exception: Callable[[], None], slow_syscall: Callable[[], None]) -> None:
+                 slow_exception: Callable[[], None], slow_syscall: Callable[[], None],
+                 cpuid_table: list[tuple[int, ...]]) -> None:
         address = ctypes.addressof
         tables = internals.tables
         self._callbacks = (_VOID_CALLBACK(slow_exception), _VOID_CALLBACK(slow_syscall))
+        self._cpuid = (CpuidEntry * len(cpuid_table))(*(CpuidEntry(*row) for row in cpuid_table))
         self.state = FastpathState(
             cpu=internals.cpu, env=internals.env,
             regs=address(internals.regs), eip=address(internals.eip),
@@ -150,12 +162,13 @@ class NativeHooks:
             read_eflags=library_function("helper_read_eflags_x86_64"),
             write_eflags=library_function("helper_write_eflags_x86_64"),
             do_interrupt=library_function("x86_cpu_do_interrupt_x86_64"),
-            slow_exception=self._callbacks[0], slow_syscall=self._callbacks[1])
-        handles = (ctypes.c_size_t * 3)()
+            slow_exception=self._callbacks[0], slow_syscall=self._callbacks[1],
+            cpuid=self._cpuid, cpuid_count=len(cpuid_table))
+        handles = (ctypes.c_size_t * 4)()
         error = library.nitro_install(ctypes.byref(self.state), internals.uc_handle,
                                       library_function("uc_hook_add"), unicorn.UC_HOOK_INTR,
                                       unicorn.UC_HOOK_INSN, unicorn.UC_HOOK_INSN_INVALID,
-                                      x86.UC_X86_INS_SYSCALL, handles)
+                                      x86.UC_X86_INS_SYSCALL, x86.UC_X86_INS_CPUID, handles)
         if error:
             raise unicorn.UcError(error)
 

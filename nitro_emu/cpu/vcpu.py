@@ -53,8 +53,8 @@ class GuestFault(NitroEmuError):
 class Vcpu:
     """The CPU of the machine. `run_slice()` runs guest code until something stops it.
 
-    SYSCALL and exceptions go through native hooks (fastpath.c) when they can be built,
-    else through the Python hooks below; `native=False` forces the Python ones."""
+    SYSCALL, exceptions and CPUID go through native hooks (fastpath.c) when they can be
+    built, else through the Python hooks below; `native=False` forces the Python ones."""
 
     def __init__(self, ram: GuestRam, port_read: Callable[[int, int], int],
                  port_write: Callable[[int, int, int], None], cpuid: CpuidModel,
@@ -82,15 +82,16 @@ class Vcpu:
             self._native = NativeHooks(
                 library, self.internals, ram.host_address, ram.size,
                 self.delivery.reserved_address_bits, FLAT_CODE64_FLAGS, FLAT_DATA_FLAGS,
-                slow_exception=self._deliver_pending, slow_syscall=self._syscall_undefined)
+                slow_exception=self._deliver_pending, slow_syscall=self._syscall_undefined,
+                cpuid_table=cpuid.table())
         else:
             uc.hook_add(unicorn.UC_HOOK_INTR, self._on_exception)
             uc.hook_add(unicorn.UC_HOOK_INSN_INVALID, self._on_invalid_instruction)
             uc.hook_add(unicorn.UC_HOOK_INSN, self._on_syscall, None, 1, 0,
                         x86.UC_X86_INS_SYSCALL)
+            uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_in, None, 1, 0, x86.UC_X86_INS_IN)
         uc.hook_add(unicorn.UC_HOOK_INSN, self._on_out, None, 1, 0, x86.UC_X86_INS_OUT)
-        uc.hook_add(unicorn.UC_HOOK_INSN, self._on_cpuid, None, 1, 0, x86.UC_X86_INS_CPUID)
         # Only above RAM: with any memory hook covering a RAM page Unicorn never clears that
         # page's TLB_NOTDIRTY bit, and every store to RAM takes the slow path.
         uc.hook_add(unicorn.UC_HOOK_MEM_UNMAPPED, self._on_unmapped, None, ram.size,
@@ -107,7 +108,7 @@ class Vcpu:
 
     @property
     def native(self) -> bool:
-        """True when SYSCALL and exceptions run through the native hooks."""
+        """True when SYSCALL, exceptions and CPUID run through the native hooks."""
         return self._native is not None
 
     @property
