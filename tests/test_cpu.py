@@ -194,14 +194,27 @@ def test_native_hooks_hand_deliveries_that_would_fault_to_the_python_path() -> N
     assert (error_code, rip) == (6 * 16 + 2, CODE)  # IDT entry 6, external bit clear
 
 
-def test_external_interrupt_wakes_a_halted_cpu() -> None:
-    machine = MiniMachine()
+def test_external_interrupt_wakes_a_halted_cpu(native) -> None:
+    machine = MiniMachine(native=native)
     machine.handler(0x30, mov_r12(0x30) + HLT)
     machine.run(STI + HLT + b"\xeb\xfe")
     assert machine.vcpu.can_take_interrupt()
     machine.vcpu.inject_interrupt(0x30)
     machine.vcpu.run_slice()
     assert machine.vcpu.fault is None and machine.reg("r12") == 0x30
+
+
+def test_an_external_interrupt_whose_delivery_faults_raises_that_fault(native) -> None:
+    machine = MiniMachine(native=native)
+    machine.handler(11, POP_R14 + mov_r12(11) + HLT)
+    not_present = bytearray(gate(HANDLERS))
+    not_present[5] &= 0x7F
+    machine.ram.write(IDT + 0x30 * 16, bytes(not_present))
+    machine.run(STI + HLT + b"\xeb\xfe")
+    machine.vcpu.inject_interrupt(0x30)
+    machine.vcpu.run_slice()
+    assert machine.vcpu.fault is None and machine.reg("r12") == 11
+    assert machine.reg("r14") == 0x30 * 16 + 2  # #NP names the IDT entry
 
 
 def test_cpuid_hides_the_apic_and_reports_the_tsc_frequency(native) -> None:

@@ -43,6 +43,7 @@ struct fastpath {
     uint64_t (*read_eflags)(void *env);
     void (*write_eflags)(void *env, uint64_t value, uint32_t mask);
     void (*do_interrupt)(void *cpu);
+    void (*do_hardware_interrupt)(void *env, int vector, int is_hw);
     void (*slow_exception)(void);        /* Python: checked delivery, exact faults */
     void (*slow_syscall)(void);          /* Python: SYSCALL that raises #UD */
     const struct cpuid_entry *cpuid;
@@ -144,8 +145,9 @@ static bool read_u32(const struct fastpath *f, uint64_t linear, uint32_t *value)
 
 /* -- exceptions ------------------------------------------------------------------------ */
 
-/* True if QEMU's do_interrupt64 delivers `vector` without faulting (delivery.py _check). */
-static bool delivery_is_safe(const struct fastpath *f, int vector, bool is_int)
+/* True if QEMU's do_interrupt64 delivers `vector` without faulting (delivery.py _check):
+ * an exception (is_int: from INT n), or an external interrupt (is_hw). */
+static bool delivery_is_safe(const struct fastpath *f, int vector, bool is_int, bool is_hw)
 {
     uint32_t hflags = *f->hflags;
     if (!(hflags & HF_LMA) || !(f->cr[0] & CR0_PG) || !(f->cr[4] & CR4_PAE) ||
@@ -194,14 +196,16 @@ static bool delivery_is_safe(const struct fastpath *f, int vector, bool is_int)
         rsp = f->regs[RSP];
     }
     rsp &= ~0xFull;
-    unsigned frame = (!is_int && vector < 32 && (ERROR_CODE_VECTORS >> vector) & 1) ? 48 : 40;
+    bool error_code = !is_int && !is_hw && vector < 32 && (ERROR_CODE_VECTORS >> vector) & 1;
+    unsigned frame = error_code ? 48 : 40;
     return access_linear(f, rsp - frame, NULL, frame, true);
 }
 
 static void deliver_pending(struct fastpath *f)
 {
     int vector = *f->exception_index;
-    if (vector >= 0 && vector < 256 && delivery_is_safe(f, vector, *f->exception_is_int != 0)) {
+    if (vector >= 0 && vector < 256 &&
+        delivery_is_safe(f, vector, *f->exception_is_int != 0, false)) {
         f->do_interrupt(f->cpu);
         *f->old_exception = -1;
         return;
@@ -226,6 +230,17 @@ bool nitro_on_invalid_instruction(void *uc, struct fastpath *f)
     f->exceptions++;
     deliver_pending(f);
     return true;
+}
+
+/* An external interrupt with RFLAGS.IF set (the caller checked): delivered and 1, or 0
+ * when the delivery would fault and the Python path must find out how. */
+int nitro_deliver_interrupt(struct fastpath *f, int vector)
+{
+    if (vector < 0 || vector > 255 || !delivery_is_safe(f, vector, false, true))
+        return 0;
+    f->do_hardware_interrupt(f->env, vector, 1);
+    *f->old_exception = -1;
+    return 1;
 }
 
 /* -- SYSCALL --------------------------------------------------------------------------- */

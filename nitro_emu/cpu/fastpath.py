@@ -66,7 +66,7 @@ class FastpathState(ctypes.Structure):
         ("rsvd_high", ctypes.c_uint64),
         ("code64_flags", ctypes.c_uint32), ("data_flags", ctypes.c_uint32),
         ("read_eflags", ctypes.c_void_p), ("write_eflags", ctypes.c_void_p),
-        ("do_interrupt", ctypes.c_void_p),
+        ("do_interrupt", ctypes.c_void_p), ("do_hardware_interrupt", ctypes.c_void_p),
         ("slow_exception", _VOID_CALLBACK), ("slow_syscall", _VOID_CALLBACK),
         ("cpuid", ctypes.POINTER(CpuidEntry)), ("cpuid_count", ctypes.c_uint64),
         ("exceptions", ctypes.c_uint64), ("syscalls", ctypes.c_uint64),
@@ -125,6 +125,8 @@ def _compiled_library() -> ctypes.CDLL | None:
         log.info("native CPU hooks unavailable (%s%s); using the Python hooks", error,
                  f": {detail.decode(errors='replace').strip()}" if detail else "")
         return None
+    library.nitro_deliver_interrupt.restype = ctypes.c_int
+    library.nitro_deliver_interrupt.argtypes = [ctypes.POINTER(FastpathState), ctypes.c_int]
     library.nitro_install.restype = ctypes.c_int
     library.nitro_install.argtypes = [
         ctypes.POINTER(FastpathState), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
@@ -162,6 +164,7 @@ class NativeHooks:
             read_eflags=library_function("helper_read_eflags_x86_64"),
             write_eflags=library_function("helper_write_eflags_x86_64"),
             do_interrupt=library_function("x86_cpu_do_interrupt_x86_64"),
+            do_hardware_interrupt=library_function("do_interrupt_x86_hardirq_x86_64"),
             slow_exception=self._callbacks[0], slow_syscall=self._callbacks[1],
             cpuid=self._cpuid, cpuid_count=len(cpuid_table))
         handles = (ctypes.c_size_t * 4)()
@@ -171,6 +174,13 @@ class NativeHooks:
                                       x86.UC_X86_INS_SYSCALL, x86.UC_X86_INS_CPUID, handles)
         if error:
             raise unicorn.UcError(error)
+        self._deliver = library.nitro_deliver_interrupt
+        self._state_ref = ctypes.byref(self.state)
+
+    def deliver_interrupt(self, vector: int) -> bool:
+        """Deliver an external interrupt (RFLAGS.IF checked by the caller) if that cannot
+        fault; False leaves it to the Python path."""
+        return bool(self._deliver(self._state_ref, vector))
 
     @property
     def counters(self) -> dict[str, int]:

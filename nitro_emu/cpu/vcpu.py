@@ -231,7 +231,7 @@ class Vcpu:
         """Deliver an external interrupt now (between slices)."""
         self._counters["interrupts"] += 1
         try:
-            self.delivery.deliver_external_interrupt(vector)
+            self._deliver_interrupt(vector)
         except TripleFault as error:
             self.fault = GuestFault(str(error), self.internals.eip.value)
 
@@ -279,7 +279,7 @@ class Vcpu:
             if not self.internals.eflags.value & _IF or self.internals.interrupts_inhibited():
                 return False
             self._counters["interrupts"] += 1
-            self.delivery.deliver_external_interrupt(self._acknowledge())
+            self._deliver_interrupt(self._acknowledge())
             if not self._has_interrupt():
                 self.window.clear()
             return True
@@ -291,6 +291,12 @@ class Vcpu:
             self.window.clear()
             self._emulator_error("delivering an interrupt", error)
             return False
+
+    def _deliver_interrupt(self, vector: int) -> None:
+        """An external interrupt through the native check when there is one (it hands
+        back any delivery that would fault), else the Python one. Raises TripleFault."""
+        if self._native is None or not self._native.deliver_interrupt(vector):
+            self.delivery.deliver_external_interrupt(vector)
 
     def _on_exception(self, uc: unicorn.Uc, vector: int, _: object) -> None:
         self._counters["exceptions"] += 1
