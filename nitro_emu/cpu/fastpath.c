@@ -1,6 +1,7 @@
 /*
  * Native Unicorn hooks for the guest's most frequent events: SYSCALL, exceptions (#PF
- * above all) and CPUID (glibc runs it some fifty times in every process it starts). Loaded by nitro_emu/cpu/fastpath.py, which fills `struct fastpath`
+ * above all), external interrupts and CPUID (glibc runs it some fifty times in every
+ * process it starts). Loaded by nitro_emu/cpu/fastpath.py, which fills `struct fastpath`
  * with pointers into Unicorn's CPU state (found and checked by internals.py), guest RAM
  * and Unicorn's own routines, and registers these hooks in place of the Python ones.
  *
@@ -297,7 +298,15 @@ int nitro_on_cpuid(void *uc, struct fastpath *f)
     return 1;
 }
 
-/* -- registration ---------------------------------------------------------------------- */
+/* -- layout check and registration ----------------------------------------------------- */
+
+/* For fastpath.py to check that its ctypes declarations match these structures. */
+void nitro_layout(size_t out[3])
+{
+    out[0] = sizeof(struct fastpath);
+    out[1] = offsetof(struct fastpath, cpuid_count);
+    out[2] = sizeof(struct cpuid_entry);
+}
 
 typedef int (*hook_add_fn)(void *uc, size_t *handle, int type, void *callback,
                            void *user_data, uint64_t begin, uint64_t end, ...);

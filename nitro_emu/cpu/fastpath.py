@@ -10,9 +10,8 @@ path ran.
 
 The shared object is compiled once per source (well under a second) into
 ~/.cache/nitro-emu/native, by `python -m nitro_emu.cpu.fastpath` at set-up or else on
-first use. When it
-cannot be built or loaded (no C compiler, read-only cache) or NITRO_EMU_NATIVE=0, the
-machine uses the Python hooks: the same behaviour, slower.
+first use. When it cannot be built or loaded (no C compiler, read-only cache) or
+NITRO_EMU_NATIVE=0, the machine uses the Python hooks: the same behaviour, slower.
 """
 from __future__ import annotations
 
@@ -125,6 +124,13 @@ def _compiled_library() -> ctypes.CDLL | None:
         log.info("native CPU hooks unavailable (%s%s); using the Python hooks", error,
                  f": {detail.decode(errors='replace').strip()}" if detail else "")
         return None
+    layout = (ctypes.c_size_t * 3)()
+    library.nitro_layout(layout)
+    expected = (ctypes.sizeof(FastpathState), FastpathState.cpuid_count.offset,
+                ctypes.sizeof(CpuidEntry))
+    if tuple(layout) != expected:  # the two declarations of the structures disagree
+        raise RuntimeError(f"fastpath.c and fastpath.py disagree on the state layout: "
+                           f"C {tuple(layout)}, ctypes {expected}")
     library.nitro_deliver_interrupt.restype = ctypes.c_int
     library.nitro_deliver_interrupt.argtypes = [ctypes.POINTER(FastpathState), ctypes.c_int]
     library.nitro_install.restype = ctypes.c_int
