@@ -8,7 +8,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     ["boot.py", "--runs", "5"],
-    ["sysbench.py", "--runs", "3"],
+    ["sysbench.py", "--runs", "5"],
     ["vsock.py"],
     ["nsm.py"],
     ["eif_describe.py"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
+import os
 import re
 import shutil
 import sys
@@ -114,7 +115,8 @@ def bench_image(eif: Path, profile: str, runs: int, work: Path, with_qemu: bool)
     if not ours:
         return
     a, b = best_figures(ours), best_figures(theirs) if theirs else {}
-    print(f"sysbench-lite on the {profile} kernel ({eif.name}), best of {runs} runs")
+    print(f"sysbench-lite on the {profile} kernel ({eif.name}), best of {runs} runs "
+          f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
     print(f"  {'figure':10} {'nitro-emu':>11} {'QEMU TCG':>11} {'ratio':>7}  unit")
     for name in FIGURES:
         mine, reference = a.get(name), b.get(name)
