@@ -116,6 +116,12 @@ rights_check:
     return true;
 }
 
+/* The walker on its own, for tests/test_cpu_fastpath.py to hold against delivery.py's. */
+int nitro_translate(const struct fastpath *f, uint64_t linear, int write, uint64_t *phys)
+{
+    return translate(f, linear, write != 0, phys);
+}
+
 /* Copies `length` bytes at a linear address (or only checks them, out == NULL). */
 static bool access_linear(const struct fastpath *f, uint64_t linear, void *out, size_t length,
                           bool write)

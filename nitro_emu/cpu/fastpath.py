@@ -131,6 +131,9 @@ def _compiled_library() -> ctypes.CDLL | None:
     if tuple(layout) != expected:  # the two declarations of the structures disagree
         raise RuntimeError(f"fastpath.c and fastpath.py disagree on the state layout: "
                            f"C {tuple(layout)}, ctypes {expected}")
+    library.nitro_translate.restype = ctypes.c_int
+    library.nitro_translate.argtypes = [ctypes.POINTER(FastpathState), ctypes.c_uint64,
+                                        ctypes.c_int, ctypes.POINTER(ctypes.c_uint64)]
     library.nitro_deliver_interrupt.restype = ctypes.c_int
     library.nitro_deliver_interrupt.argtypes = [ctypes.POINTER(FastpathState), ctypes.c_int]
     library.nitro_install.restype = ctypes.c_int
@@ -181,12 +184,21 @@ class NativeHooks:
         if error:
             raise unicorn.UcError(error)
         self._deliver = library.nitro_deliver_interrupt
+        self._translate = library.nitro_translate
         self._state_ref = ctypes.byref(self.state)
 
     def deliver_interrupt(self, vector: int) -> bool:
         """Deliver an external interrupt (RFLAGS.IF checked by the caller) if that cannot
         fault; False leaves it to the Python path."""
         return bool(self._deliver(self._state_ref, vector))
+
+    def translate(self, linear: int, write: bool) -> int | None:
+        """The C page walker's answer for a supervisor access (None: it would not take it);
+        exposed so that tests can hold it against delivery.py's walker."""
+        physical = ctypes.c_uint64()
+        if self._translate(self._state_ref, linear, int(write), ctypes.byref(physical)):
+            return physical.value
+        return None
 
     @property
     def counters(self) -> dict[str, int]:
