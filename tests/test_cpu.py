@@ -348,3 +348,38 @@ def test_many_cpus_in_one_process_each_find_their_own_state() -> None:
         machine.vcpu.inject_interrupt(0x30)
         machine.vcpu.run_slice()
         assert machine.reg("r12") == 0x30
+
+
+def test_a_delivery_object_stood_in_its_place_sees_every_exception_and_interrupt(native) -> None:
+    """What tracing does (nitro_emu/cpu/taps.py): the native hooks then take none
+    themselves, and all of them still reach the guest."""
+    machine = MiniMachine(native=native)
+    seen = []
+
+    class Watching:
+        def __init__(self, inner) -> None:
+            self._inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def deliver_pending_exception(self) -> None:
+            seen.append(("exception", machine.vcpu.internals.exception_index.value))
+            self._inner.deliver_pending_exception()
+
+        def deliver_external_interrupt(self, vector: int) -> None:
+            seen.append(("interrupt", vector))
+            self._inner.deliver_external_interrupt(vector)
+
+    own = machine.vcpu.delivery
+    machine.vcpu.delivery = Watching(own)
+    machine.handler(6, mov_r12(6) + STI + HLT)
+    machine.handler(0x30, mov_r12(0x30) + HLT)
+    machine.run(UD2 + HLT)
+    machine.vcpu.inject_interrupt(0x30)
+    machine.vcpu.run_slice()
+    assert seen == [("exception", 6), ("interrupt", 0x30)]
+    assert machine.vcpu.fault is None and machine.reg("r12") == 0x30
+    machine.vcpu.delivery = own  # and back to the fast path
+    machine.run(UD2 + HLT)
+    assert len(seen) == 2 and machine.reg("r12") == 6

@@ -49,6 +49,7 @@ struct fastpath {
     void (*slow_syscall)(void);          /* Python: SYSCALL that raises #UD */
     const struct cpuid_entry *cpuid;
     uint64_t cpuid_count;
+    uint64_t all_to_python;              /* a tracer watches deliveries: take none here */
     uint64_t exceptions, syscalls, slow_exceptions;
 };
 
@@ -211,7 +212,7 @@ static bool delivery_is_safe(const struct fastpath *f, int vector, bool is_int, 
 static void deliver_pending(struct fastpath *f)
 {
     int vector = *f->exception_index;
-    if (vector >= 0 && vector < 256 &&
+    if (!f->all_to_python && vector >= 0 && vector < 256 &&
         delivery_is_safe(f, vector, *f->exception_is_int != 0, false)) {
         f->do_interrupt(f->cpu);
         *f->old_exception = -1;
@@ -243,7 +244,8 @@ bool nitro_on_invalid_instruction(void *uc, struct fastpath *f)
  * when the delivery would fault and the Python path must find out how. */
 int nitro_deliver_interrupt(struct fastpath *f, int vector)
 {
-    if (vector < 0 || vector > 255 || !delivery_is_safe(f, vector, false, true))
+    if (f->all_to_python || vector < 0 || vector > 255 ||
+        !delivery_is_safe(f, vector, false, true))
         return 0;
     f->do_hardware_interrupt(f->env, vector, 1);
     *f->old_exception = -1;

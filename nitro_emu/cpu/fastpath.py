@@ -68,6 +68,7 @@ class FastpathState(ctypes.Structure):
         ("do_interrupt", ctypes.c_void_p), ("do_hardware_interrupt", ctypes.c_void_p),
         ("slow_exception", _VOID_CALLBACK), ("slow_syscall", _VOID_CALLBACK),
         ("cpuid", ctypes.POINTER(CpuidEntry)), ("cpuid_count", ctypes.c_uint64),
+        ("all_to_python", ctypes.c_uint64),
         ("exceptions", ctypes.c_uint64), ("syscalls", ctypes.c_uint64),
         ("slow_exceptions", ctypes.c_uint64),
     ]
@@ -186,6 +187,11 @@ class NativeHooks:
         self._deliver = library.nitro_deliver_interrupt
         self._translate = library.nitro_translate
         self._state_ref = ctypes.byref(self.state)
+
+    def all_deliveries_to_python(self, on: bool) -> None:
+        """Hand every exception and external interrupt to the Python path (while a
+        tracer watches them), or only those the C checks decline."""
+        self.state.all_to_python = int(on)
 
     def deliver_interrupt(self, vector: int) -> bool:
         """Deliver an external interrupt (RFLAGS.IF checked by the caller) if that cannot

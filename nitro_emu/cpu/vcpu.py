@@ -67,7 +67,8 @@ class Vcpu:
         self.ram = ram
         self.cpuid = cpuid
         phys_bits = cpuid.lookup(0x80000008, 0)[0] & 0xFF
-        self.delivery = ExceptionDelivery(self.internals, ram, phys_bits)
+        self._own_delivery = ExceptionDelivery(self.internals, ram, phys_bits)
+        self._delivery = self._own_delivery
         self._port_read = port_read
         self._port_write = port_write
         self.fault: GuestFault | None = None
@@ -81,7 +82,7 @@ class Vcpu:
         if library is not None:
             self._native = NativeHooks(
                 library, self.internals, ram.host_address, ram.size,
-                self.delivery.reserved_address_bits, FLAT_CODE64_FLAGS, FLAT_DATA_FLAGS,
+                self._own_delivery.reserved_address_bits, FLAT_CODE64_FLAGS, FLAT_DATA_FLAGS,
                 slow_exception=self._deliver_pending, slow_syscall=self._syscall_undefined,
                 cpuid_table=cpuid.table())
         else:
@@ -105,6 +106,19 @@ class Vcpu:
         """The PIC's INTR line and INTA cycle."""
         self._has_interrupt = has_interrupt
         self._acknowledge = acknowledge
+
+    @property
+    def delivery(self) -> ExceptionDelivery:
+        """How exceptions and interrupts reach the guest's IDT (delivery.py)."""
+        return self._delivery
+
+    @delivery.setter
+    def delivery(self, delivery: ExceptionDelivery) -> None:
+        """Stand another object in its place (a tracer's wrapper): while it is not the
+        vCPU's own, the native hooks hand every exception and interrupt to it."""
+        self._delivery = delivery
+        if self._native is not None:
+            self._native.all_deliveries_to_python(delivery is not self._own_delivery)
 
     @property
     def native(self) -> bool:
@@ -262,7 +276,8 @@ class Vcpu:
 
     # -- hooks (hot paths: keep them short) ------------------------------------------------
     # They look `self.delivery` up at each event, so a tracer can stand a wrapper in its
-    # place (nitro_emu.debug.trace); an untraced machine pays nothing for that.
+    # place (nitro_emu.debug.trace; the native hooks then send every delivery here); an
+    # untraced machine pays nothing for that.
 
     def _on_interrupt_window(self, request: int) -> bool:
         """Called by TCG at a TB exit while an interrupt request is pending."""
