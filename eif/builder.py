@@ -5,21 +5,21 @@ Input files are streamed in chunks (never loaded whole) and hashed in the same p
 they are copied. The CRC starts with header bytes that are final only at the end (the
 signature section's size depends on PCR0), so the sections' CRC is computed on its own
 and joined to the header's with `crc32_combine`. The file appears under its name only
-when complete (written to a temporary file beside it, then renamed).
+when complete (`eif.files.atomic_output`: a temporary file beside it, then renamed);
+inputs are opened with `eif.files.open_input` (regular files only, never blocking).
 """
 from __future__ import annotations
 
 import os
-import stat
-import tempfile
 import zlib
 from typing import BinaryIO, Sequence
 
-from eif import layout
+from eif import files, layout
 from eif.crc import crc32_combine
 from eif.errors import EifError
+from eif.files import InputFile, atomic_output, open_input, read_input
 from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
-from eif.metadata import BuildInfo, Metadata, rfc3339_now
+from eif.metadata import BuildInfo, Metadata, check_rfc3339, rfc3339_now
 from eif.pcr import Measurements
 from eif.signature import pcr8_from_certificate
 from eif.stream import THREAD_THRESHOLD, ChunkPool, Measurer
@@ -75,21 +75,23 @@ def build_eif(output: str | os.PathLike, *, kernel: str | os.PathLike, cmdline: 
                          ("build_time", identity.build.build_time)):
         if not isinstance(value, str):
             raise EifError(f"{field} must be a string")
+    check_rfc3339(identity.build.build_time, "build time")
     try:
         cmdline_bytes = cmdline.encode("utf-8")
     except UnicodeEncodeError:
         raise EifError("cmdline is not valid Unicode (lone surrogate)") from None
     metadata_bytes = identity.to_bytes()
 
-    inputs: list[tuple[BinaryIO, int, str]] = []
+    inputs: list[InputFile] = []
     try:
-        for path in [kernel, *ramdisks]:
-            inputs.append(_open_input(path))
-        return _write(os.fspath(output), inputs, cmdline_bytes, metadata_bytes, ARCHES[arch],
-                      signer, threaded)
+        inputs.append(open_input(kernel, files.KERNEL))
+        for path in ramdisks:
+            inputs.append(open_input(path, files.RAMDISK))
+        return _write(output, inputs, cmdline_bytes, metadata_bytes, ARCHES[arch], signer,
+                      threaded)
     finally:
-        for file, _, _ in inputs:
-            file.close()
+        for opened in inputs:
+            opened.close()
 
 
 def load_signer(certificate_path: str | os.PathLike, key_path: str | os.PathLike
@@ -99,8 +101,8 @@ def load_signer(certificate_path: str | os.PathLike, key_path: str | os.PathLike
     from eif.signature import load_certificate
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    pem = _read_small(certificate_path)
-    key_bytes = _read_small(key_path)
+    pem = read_input(certificate_path, files.SIGNING_CERTIFICATE)
+    key_bytes = read_input(key_path, files.PRIVATE_KEY)
     try:
         certificate = load_certificate(pem)
     except ValueError as error:
@@ -122,70 +124,33 @@ def load_signer(certificate_path: str | os.PathLike, key_path: str | os.PathLike
     return pem, key
 
 
-def _read_small(path: str | os.PathLike) -> bytes:
-    """A PEM file (at most 1 MiB is read)."""
-    file, _, _ = _open_input(path)
-    with file:
-        return file.read(1 << 20)
-
-
-def _open_input(path: str | os.PathLike) -> tuple[BinaryIO, int, str]:
-    name = os.fspath(path)
-    try:
-        file = open(name, "rb")
-    except OSError as error:
-        raise EifError(f"cannot read {name}: {error.strerror or error}") from None
-    info = os.fstat(file.fileno())
-    if not stat.S_ISREG(info.st_mode):
-        file.close()
-        raise EifError(f"{name}: not a regular file")
-    return file, info.st_size, name
-
-
-def _write(output: str, inputs: list[tuple[BinaryIO, int, str]], cmdline: bytes,
+def _write(output: str | os.PathLike, inputs: list[InputFile], cmdline: bytes,
            metadata: bytes, flags: int, signer: tuple[bytes, object] | None,
            threaded: bool | None) -> Measurements:
     kernel, ramdisks = inputs[0], inputs[1:]
     # (type, size, source) in file order; the signature section is appended at the end.
     plan: list[tuple[SectionType, int, object]] = [
-        (SectionType.KERNEL, kernel[1], kernel),
+        (SectionType.KERNEL, kernel.size, kernel),
         (SectionType.CMDLINE, len(cmdline), cmdline),
         (SectionType.METADATA, len(metadata), metadata),
-        *((SectionType.RAMDISK, r[1], r) for r in ramdisks),
+        *((SectionType.RAMDISK, r.size, r) for r in ramdisks),
     ]
     total = sum(size for _, size, _ in plan)
     if threaded is None:
         threaded = total >= THREAD_THRESHOLD
-    directory = os.path.dirname(os.path.abspath(output))
-    descriptor, temporary = tempfile.mkstemp(prefix=".eif-", dir=directory)
-    try:
-        with os.fdopen(descriptor, "wb") as out:
-            measurements, crc, body, sizes = _write_sections(out, plan, threaded, signer)
-            offsets, position = [], HEADER_SIZE
-            for size in sizes:
-                offsets.append(position)
-                position += SECTION_HEADER_SIZE + size
-            header = layout.pack_header(version=layout.CURRENT_VERSION, flags=flags,
-                                        num_sections=len(sizes), offsets=offsets,
-                                        sizes=sizes, crc=0)
-            crc = crc32_combine(zlib.crc32(header[:layout.CRC_OFFSET]), crc, body)
-            out.seek(0)
-            out.write(header[:layout.CRC_OFFSET] + crc.to_bytes(4, "big"))
-        os.chmod(temporary, 0o644 & ~_umask())
-        os.replace(temporary, output)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    with atomic_output(output, "EIF") as out:
+        measurements, crc, body, sizes = _write_sections(out, plan, threaded, signer)
+        offsets, position = [], HEADER_SIZE
+        for size in sizes:
+            offsets.append(position)
+            position += SECTION_HEADER_SIZE + size
+        header = layout.pack_header(version=layout.CURRENT_VERSION, flags=flags,
+                                    num_sections=len(sizes), offsets=offsets,
+                                    sizes=sizes, crc=0)
+        crc = crc32_combine(zlib.crc32(header[:layout.CRC_OFFSET]), crc, body)
+        out.seek(0)
+        out.write(header[:layout.CRC_OFFSET] + crc.to_bytes(4, "big"))
     return measurements
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write_sections(out: BinaryIO, plan: list, threaded: bool,
@@ -228,19 +193,14 @@ def _write_sections(out: BinaryIO, plan: list, threaded: bool,
     return measurements, crc, body, sizes
 
 
-def _copy(source: tuple[BinaryIO, int, str], out: BinaryIO, measurer: Measurer,
-          pool: ChunkPool) -> None:
-    file, size, name = source
-    remaining = size
-    while remaining:
+def _copy(source: InputFile, out: BinaryIO, measurer: Measurer, pool: ChunkPool) -> None:
+    while source.remaining:
         chunk = pool.take()
-        n = file.readinto(chunk.view[:min(remaining, len(chunk.array))])
-        if not n:
+        try:
+            n = source.readinto(chunk.view)
+        except BaseException:
             chunk.hold(1)
             chunk.release()
-            raise EifError(f"{name}: file shrank while being read ({remaining} bytes missing)")
+            raise
         out.write(chunk.view[:n])
         measurer.data(chunk.view[:n], chunk)
-        remaining -= n
-    if file.read(1):
-        raise EifError(f"{name}: file grew while being read")

@@ -6,9 +6,11 @@ free values with sorted keys). Reading requires every key nitro-cli requires.
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import re
 from dataclasses import dataclass
 
-from eif import jsonfmt
+from eif import files, jsonfmt
 from eif.errors import EifError
 from eif.jsonfmt import Fields
 
@@ -84,7 +86,8 @@ def rfc3339_now() -> str:
 def format_rfc3339(moment: _dt.datetime) -> str:
     """chrono `to_rfc3339` (SecondsFormat::AutoSi) of a UTC time."""
     moment = moment.astimezone(_dt.timezone.utc)
-    base = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    base = (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T{moment.hour:02d}:"
+            f"{moment.minute:02d}:{moment.second:02d}")  # strftime's %Y drops zeros < 1000
     micros = moment.microsecond
     if micros == 0:
         fraction = ""
@@ -93,6 +96,31 @@ def format_rfc3339(moment: _dt.datetime) -> str:
     else:
         fraction = f".{micros:06d}"
     return f"{base}{fraction}+00:00"
+
+
+# RFC 3339 section 5.6 date-time; "T" may be "t" or a space (section 5.6's note), as
+# chrono's parse_from_rfc3339 accepts. Digits are ASCII only.
+_RFC3339 = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+                      r"(?:\.[0-9]+)?(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))")
+
+
+def check_rfc3339(text: str, what: str = "time") -> str:
+    """`text` if it is an RFC 3339 date-time (e.g. 2024-01-01T00:00:00+00:00; a leap
+    second :60 is allowed), else EifError naming `what`."""
+    match = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    valid = match is not None
+    if valid:
+        year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+        offset_hour, offset_minute = (int(g or 0) for g in match.groups()[6:])
+        try:
+            _dt.datetime(year, month, day, hour, minute, min(second, 59))
+        except ValueError:
+            valid = False
+        valid = valid and second <= 60 and offset_hour <= 23 and offset_minute <= 59
+    if not valid:
+        raise EifError(f"{what} {text!r:.60} is not an RFC 3339 date-time such as "
+                       "2024-01-01T00:00:00+00:00")
+    return text
 
 
 def parse_metadata(data: bytes, where: str) -> Metadata | None:
@@ -132,23 +160,13 @@ def parse_metadata(data: bytes, where: str) -> Metadata | None:
     )
 
 
-MAX_CUSTOM_METADATA = 4096  # nitro-cli's limit on the --metadata file
+MAX_CUSTOM_METADATA = files.CUSTOM_METADATA_LIMIT  # nitro-cli's limit on the --metadata file
 
 
-def load_custom_metadata_file(path: str) -> object:
+def load_custom_metadata_file(path: str | os.PathLike) -> object:
     """Read a `--metadata` JSON file as nitro-cli does (regular file, <= 4096 bytes)."""
-    import os
-    import stat
-
-    with open(path, "rb") as file:
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise EifError(f"metadata file {path} is not a regular file")
-        if info.st_size > MAX_CUSTOM_METADATA:
-            raise EifError(f"metadata file {path} is {info.st_size} bytes; "
-                           f"the limit is {MAX_CUSTOM_METADATA}")
-        data = file.read(MAX_CUSTOM_METADATA + 1)
+    data = files.read_input(path, files.CUSTOM_METADATA)
     try:
         return jsonfmt.loads(data)
     except jsonfmt.JsonError as error:
-        raise EifError(f"metadata file {path}: invalid JSON: {error}") from None
+        raise EifError(f"metadata file {os.fspath(path)}: invalid JSON: {error}") from None

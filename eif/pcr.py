@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from eif.errors import EifError
+from eif.files import MEASURED_FILE, open_input
 
 PCR_SIZE = 48  # SHA-384
 ZERO_PCR = bytes(PCR_SIZE)
@@ -46,12 +47,12 @@ def pcr_of_string(s: str) -> bytes:
 
 
 def pcr_of_file(path: str | os.PathLike) -> bytes:
-    """`nitro-cli pcr --input F`: extend(file bytes), hashed in chunks."""
+    """`nitro-cli pcr --input F`: extend(file bytes), hashed in chunks (a regular file
+    only, read as large as it was when opened; see `eif.files.open_input`)."""
     hasher = hashlib.sha384()
-    buffer = bytearray(CHUNK_SIZE)
-    view = memoryview(buffer)
-    with open(path, "rb") as file:
-        while n := file.readinto(buffer):
+    view = memoryview(bytearray(CHUNK_SIZE))
+    with open_input(path, MEASURED_FILE) as file:
+        while n := file.readinto(view):
             hasher.update(view[:n])
     return pcr_from_digest(hasher.digest())
 

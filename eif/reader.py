@@ -12,13 +12,13 @@ nitro-cli): `crc_ok` reports it. Every other problem raises EifError naming the 
 from __future__ import annotations
 
 import os
-import stat
 import zlib
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, BinaryIO
 
-from eif import layout
+from eif import files, layout
 from eif.errors import EifError
+from eif.files import open_input
 from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
 from eif.metadata import Metadata, parse_metadata
 from eif.pcr import Measurements
@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # cryptography is imported only when an image is signed
 MAX_CMDLINE = 1 << 20
 MAX_METADATA = 64 << 20
 MAX_SIGNATURE = 16 << 20
+# The kernel is read whole to boot it (ramdisks go straight into guest RAM, which bounds
+# them); a bzImage is a few MiB, so this only stops a hostile EIF costing host memory.
+MAX_KERNEL = 512 << 20
 _IN_MEMORY_LIMITS = {SectionType.CMDLINE: MAX_CMDLINE, SectionType.METADATA: MAX_METADATA,
                      SectionType.SIGNATURE: MAX_SIGNATURE}
 
@@ -98,20 +101,23 @@ class EifImage:
                 f"{len(self.sections)} sections, crc_ok={self.crc_ok})")
 
     def open_unchanged(self) -> BinaryIO:
-        try:
-            descriptor = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError as error:
-            raise EifError(f"cannot open EIF {self.path}: {error.strerror or error}") from None
-        if _identity(os.fstat(descriptor)) != self._identity:
-            os.close(descriptor)
+        """The file, opened again for reading its sections (EifError if it changed since
+        it was validated)."""
+        opened = open_input(self.path, files.EIF)
+        if _identity(opened.info) != self._identity:
+            opened.close()
             raise EifError(f"{self.path}: the file changed since it was validated")
-        return os.fdopen(descriptor, "rb")
+        return opened.file
 
     def read_kernel(self) -> bytes:
-        """The kernel section's data (bzImage or arm64 Image)."""
+        """The kernel section's data (bzImage or arm64 Image), at most MAX_KERNEL bytes."""
+        size = self.kernel_section.size
+        if size > MAX_KERNEL:
+            raise EifError(f"{self.path}: {self.kernel_section.describe()} is {size} bytes, "
+                           f"over the {files.format_size(MAX_KERNEL)} limit for a kernel "
+                           "loaded to boot")
         with self.open_unchanged() as file:
-            return _read_exact(file, self.kernel_section.offset, self.kernel_section.size,
-                               self.path)
+            return _read_exact(file, self.kernel_section.offset, size, self.path)
 
     def read_ramdisks(self) -> bytes:
         """All ramdisk sections joined in order: the initrd the loader boots."""
@@ -157,17 +163,9 @@ def read_eif(path: str | os.PathLike, *, threaded: bool | None = None) -> EifIma
     `threaded` forces hashing on worker threads (True) or inline (False); by default
     files above a few MiB use threads."""
     path = os.fspath(path)
-    try:  # non-blocking open: a FIFO must not hang us waiting for a writer
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as error:
-        raise EifError(f"cannot open EIF {path}: {error.strerror or error}") from None
-    info = os.fstat(descriptor)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(descriptor)
-        raise EifError(f"{path}: not a regular file")
-    with os.fdopen(descriptor, "rb") as file:
+    with open_input(path, files.EIF) as opened:
         try:
-            return _read(file, path, info, threaded)
+            return _read(opened.file, path, opened.info, threaded)
         except OSError as error:
             raise EifError(f"{path}: read error: {error.strerror or error}") from None
 

@@ -155,7 +155,7 @@ def _truncated(files):
 
 
 @pytest.mark.parametrize("make, fragments", [
-    (lambda f: f / "missing.eif", ["cannot open EIF", "missing.eif", "No such file"]),
+    (lambda f: f / "missing.eif", ["cannot read EIF", "missing.eif", "No such file"]),
     (lambda f: f, ["not a regular file"]),
     (_truncated, ["t.eif", "past the end"]),
     (lambda f: (f / "short.eif").write_bytes(b".eif\0\4") and f / "short.eif",
@@ -186,7 +186,7 @@ def test_describe_corrupt_section_one_line_error(files):
     (["build-eif", "--kernel", "k", "--cmdline", "c", "--ramdisk", "r", "--output", "o",
       "--private-key", "k"], ["--signing-certificate and --private-key go together"]),
     (["build-eif", "--kernel", "nokernel", "--cmdline", "c", "--ramdisk", "r", "--output",
-      "o"], ["cannot read nokernel"]),
+      "o"], ["cannot read kernel nokernel"]),
     (["pcr"], ["one of the arguments --input --signing-certificate is required"]),
     (["pcr", "--input", "a", "--signing-certificate", "b"], ["not allowed with argument"]),
     (["pcr", "--input", "/nonexistent/file"], ["No such file", "/nonexistent/file"]),
@@ -204,7 +204,7 @@ def test_build_with_oversized_metadata_file(files):
     (files / "big.json").write_text('"' + "x" * 5000 + '"')
     assert_one_line_error(run("build-eif", "--kernel", files / "kernel", "--cmdline", "c",
                               "--ramdisk", files / "r1", "--metadata", files / "big.json",
-                              "--output", files / "o.eif"), "limit is 4096")
+                              "--output", files / "o.eif"), "5002 bytes, over the 4 KiB limit")
 
 
 def test_describe_memory_is_bounded_by_the_chunk_pool_not_the_file(tmp_path):

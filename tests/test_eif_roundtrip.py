@@ -113,7 +113,7 @@ def test_builder_rejects_bad_input(tmp_path):
         build_eif(out, kernel=k, cmdline="", ramdisks=[r] * 30)
     with pytest.raises(EifError, match="architecture"):
         build_eif(out, kernel=k, cmdline="", ramdisks=[r], arch="riscv")
-    with pytest.raises(EifError, match="Is a directory"):
+    with pytest.raises(EifError, match="a directory, not a regular file"):
         build_eif(out, kernel=tmp_path, cmdline="", ramdisks=[r])
     with pytest.raises(EifError, match="both"):
         build_eif(out, kernel=k, cmdline="", ramdisks=[r], signing_certificate=k)

@@ -163,9 +163,9 @@ def test_not_a_regular_file_and_missing(tmp_path):
     with pytest.raises(EifError, match="Is a directory|not a regular file"):
         read_eif(tmp_path)
     os.mkfifo(tmp_path / "fifo")  # must not block waiting for a writer
-    with pytest.raises(EifError, match="fifo: not a regular file"):
+    with pytest.raises(EifError, match="fifo: a FIFO, not a regular file"):
         read_eif(tmp_path / "fifo")
-    with pytest.raises(EifError, match="cannot open EIF .*nope.eif: No such file"):
+    with pytest.raises(EifError, match="cannot read EIF .*nope.eif: No such file"):
         read_eif(tmp_path / "nope.eif")
 
 
