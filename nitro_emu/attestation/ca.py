@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from eif.errors import EifError
+from eif.files import PEM_CERTIFICATE_LIMIT, PRIVATE_KEY_LIMIT, InputKind, open_input, read_input
 from nitro_emu.attestation.errors import AttestationError
 from nitro_emu.attestation.state import state_dir as default_state_dir
 
@@ -33,6 +36,8 @@ INTERMEDIATE_LIFETIME = dt.timedelta(days=30)
 LEAF_LIFETIME = dt.timedelta(hours=3)          # as AWS's leaves
 BACKDATE = dt.timedelta(minutes=5)             # tolerate small clock differences
 RENEW_MARGIN = dt.timedelta(minutes=5)
+CA_KEY = InputKind("CA key", PRIVATE_KEY_LIMIT)
+CA_CERTIFICATE = InputKind("CA certificate", PEM_CERTIFICATE_LIMIT)
 
 _CURVE = ec.SECP384R1()
 _SHA384 = hashes.SHA384()
@@ -154,6 +159,15 @@ class ChainSigner:
             not_after_ms=int((not_after - RENEW_MARGIN).timestamp() * 1000))
 
 
+def _refuse_writable_by_others(path: Path, mode: int, what: str) -> None:
+    """Whoever can write the CA key (or its directory) can make documents that verify
+    against the root the user pinned; refuse, as ssh does for its keys."""
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise AttestationError(f"the {what} {path} is writable by "
+                               f"{'others' if mode & stat.S_IWOTH else 'its group'}, who "
+                               f"could replace the root; fix with: chmod go-w {path}")
+
+
 class LocalCA:
     """The user's root CA: key and self-signed certificate."""
 
@@ -178,6 +192,9 @@ class LocalCA:
     def load_or_create(cls, state_dir: str | os.PathLike[str] | None = None) -> LocalCA:
         """The root in `state_dir`/ca (default: the user's state dir), created on first
         use. Creation is atomic: concurrent first runs end up sharing one root."""
+        if state_dir is not None and not os.fspath(state_dir):
+            raise AttestationError("the state directory is an empty path (it would put the "
+                                   "CA in the working directory)")
         base = Path(state_dir) if state_dir is not None else default_state_dir()
         ca_dir = base / CA_SUBDIR
         if not ca_dir.exists():
@@ -214,12 +231,20 @@ class LocalCA:
         ca_dir = Path(ca_dir)
         key_path, cert_path = ca_dir / ROOT_KEY_FILE, ca_dir / ROOT_CERT_FILE
         try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as error:
+            with open_input(key_path, CA_KEY) as opened:
+                _refuse_writable_by_others(key_path, opened.info.st_mode, "CA key")
+                _refuse_writable_by_others(ca_dir, os.stat(ca_dir).st_mode, "CA directory")
+                key_pem = opened.read_all()
+            cert_pem = read_input(cert_path, CA_CERTIFICATE)
+        except (OSError, EifError) as error:
+            raise AttestationError(f"cannot load the local CA: {error}") from None
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=None)
+        except (ValueError, TypeError) as error:
             raise AttestationError(f"cannot load the CA key {key_path}: {error}") from None
         try:
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        except (OSError, ValueError) as error:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError as error:
             raise AttestationError(f"cannot load the CA certificate {cert_path}: {error}") \
                 from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp384r1":

@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import io
 import re
+import sys
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import ExtensionOID
 
+from eif.files import KIB, InputKind, read_input, read_stream
 from nitro_emu.attestation.errors import VerificationError
 
 COSE_SIGN1_TAG = 18
@@ -37,6 +39,9 @@ PCR_SIZES = {"SHA256": 32, "SHA384": 48, "SHA512": 64}
 CERT_MAX = 1024
 MAX_TIMESTAMP_MS = 253402300800000       # 10000-01-01, beyond what datetime represents
 OPTIONAL_MAX = 1024
+# An NSM response is at most 12 KiB (devices.nsm RESPONSE_MAX, the Linux driver's buffer),
+# 16 KiB in base64: 64 KiB leaves room for armour lines and whitespace.
+DOCUMENT = InputKind("attestation document", 64 * KIB)
 _DER = serialization.Encoding.DER
 _KNOWN_CRITICAL = {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE}
 _ARMOR = re.compile(
@@ -55,7 +60,8 @@ class VerifiedDocument:
 
 def read_document(data: bytes) -> bytes:
     """The raw COSE bytes from a file's content: raw CBOR, the base64 between
-    BEGIN/END ATTESTATION DOCUMENT lines, or bare base64."""
+    BEGIN/END ATTESTATION DOCUMENT lines, or bare base64. CBOR that is not a COSE_Sign1
+    is passed on as it is, for `decode_document` to say what it is instead."""
     match = _ARMOR.search(data)
     if match:
         text = match.group(1)
@@ -66,11 +72,41 @@ def read_document(data: bytes) -> bytes:
     try:
         raw = base64.b64decode(b"".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
+        if not match and _is_cbor(data):
+            return data
         raise VerificationError("not an attestation document: neither CBOR nor base64") \
             from None
     if not raw:
         raise VerificationError("the attestation document is empty")
     return raw
+
+
+def read_document_file(path: str) -> bytes:
+    """`read_document` of a user-named file (regular, at most DOCUMENT's limit), or of
+    standard input for "-"."""
+    if path == "-":
+        return read_document(read_stream(sys.stdin.buffer, DOCUMENT))
+    return read_document(read_input(path, DOCUMENT))
+
+
+def _is_cbor(data: bytes) -> bool:
+    try:
+        _loads_exact(data, "the document")
+    except VerificationError:
+        return False
+    return True
+
+
+def _cbor_kind(value: Any) -> str:
+    """What a decoded CBOR item is, in CBOR's words (for error messages)."""
+    if isinstance(value, cbor2.CBORTag):
+        return f"CBOR tag {value.tag}"
+    for kind, name in ((bool, "boolean"), (int, "integer"), (float, "float"),
+                       (bytes, "byte string"), (str, "text string"), (list, "array"),
+                       (tuple, "array"), (Mapping, "map")):
+        if isinstance(value, kind):
+            return f"CBOR {name}"
+    return "CBOR null" if value is None else f"CBOR {type(value).__name__}"
 
 
 def _loads_exact(data: bytes, what: str) -> Any:
@@ -108,8 +144,10 @@ def decode_document(document: bytes) -> tuple[bytes, bytes, bytes, dict[str, Any
     if isinstance(cose, cbor2.CBORTag):
         _require(cose.tag == COSE_SIGN1_TAG, f"document has CBOR tag {cose.tag}, not 18")
         cose = cose.value
-    _require(isinstance(cose, (list, tuple)) and len(cose) == 4,
-             "document is not a COSE_Sign1 array of 4 elements")
+    _require(isinstance(cose, (list, tuple)),
+             f"document is a {_cbor_kind(cose)}, not a COSE_Sign1 array of 4 elements")
+    _require(len(cose) == 4,
+             f"document is an array of {len(cose)} elements, not a COSE_Sign1 of 4")
     protected, unprotected, payload_bytes, signature = cose
     _require(isinstance(protected, bytes), "COSE protected header is not a byte string")
     header = _loads_exact(protected, "the protected header")

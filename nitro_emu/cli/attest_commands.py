@@ -5,18 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from pathlib import Path
 
 from cryptography import x509
 
+from eif.files import PEM_CERTIFICATE_LIMIT, InputKind, read_input
 from nitro_emu.attestation.aws_root import AWS_ROOT_PEM
 from nitro_emu.attestation.ca import LocalCA
-from nitro_emu.attestation.verify import payload_json, read_document, verify_document
+from nitro_emu.attestation.verify import payload_json, read_document_file, verify_document
 from nitro_emu.cli.common import ArgumentParser
 from nitro_emu.errors import UsageError
 
 
-def _hex(value: str, what: str) -> bytes:
+ROOT_CERTIFICATE = InputKind("root certificate", PEM_CERTIFICATE_LIMIT)
+
+
+def expected_hex(value: str, what: str) -> bytes:
+    """An expected value given in hex: non-empty (an empty one is almost always an unset
+    shell variable, and would expect an empty field) and hexadecimal."""
+    if not value.strip():
+        raise UsageError(f"{what}: empty value; give the expected bytes in hex")
     try:
         return bytes.fromhex(value)
     except ValueError:
@@ -27,13 +34,20 @@ def _pcr(spec: str) -> tuple[int, bytes]:
     index, sep, value = spec.partition("=")
     if not sep or not index.strip().isdigit() or not 0 <= int(index) < 32:
         raise UsageError(f"--pcr wants N=HEX with N in 0..31, not {spec!r:.60}")
-    return int(index), _hex(value.strip(), f"--pcr {index}")
+    return int(index), expected_hex(value.strip(), f"--pcr {int(index)}")
+
+
+def _state_dir(text: str) -> str:
+    if not text:
+        raise UsageError("--state-dir: empty path (leave the option out for the default "
+                         "state directory)")
+    return text
 
 
 def _roots(root: str | None, state_dir: str | None) -> list[x509.Certificate]:
     if root is None:
         return [LocalCA.load_or_create(state_dir).certificate]
-    pem = AWS_ROOT_PEM if root == "aws" else Path(root).read_bytes()
+    pem = AWS_ROOT_PEM if root == "aws" else read_input(root, ROOT_CERTIFICATE)
     try:
         return x509.load_pem_x509_certificates(pem)
     except ValueError:
@@ -45,7 +59,8 @@ def ca_main(argv: list[str]) -> int:
                             "nitro-emu's attestation documents (created on first use).")
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="print the root certificate in PEM")
-    export.add_argument("--state-dir", help="state directory (default: $NITRO_EMU_STATE_DIR, "
+    export.add_argument("--state-dir", type=_state_dir,
+                        help="state directory (default: $NITRO_EMU_STATE_DIR, "
                         "$XDG_STATE_HOME/nitro-emu or ~/.local/state/nitro-emu)")
     export.add_argument("--fingerprint", action="store_true",
                         help="print the SHA-256 of the certificate's DER instead")
@@ -71,13 +86,15 @@ def attest_main(argv: list[str]) -> int:
                         help="expected PCR value (repeatable)")
     verify.add_argument("--nonce", metavar="HEX", help="expected nonce")
     verify.add_argument("--user-data", metavar="HEX", help="expected user_data")
-    verify.add_argument("--state-dir", help="state directory holding the local CA")
+    verify.add_argument("--state-dir", type=_state_dir,
+                        help="state directory holding the local CA")
     args = parser.parse_args(argv)
-    data = sys.stdin.buffer.read() if args.document == "-" else Path(args.document).read_bytes()
-    result = verify_document(
-        read_document(data), _roots(args.root, args.state_dir), expected_pcrs=dict(args.pcr),
-        nonce=None if args.nonce is None else _hex(args.nonce, "--nonce"),
-        user_data=None if args.user_data is None else _hex(args.user_data, "--user-data"))
+    nonce = None if args.nonce is None else expected_hex(args.nonce, "--nonce")
+    user_data = None if args.user_data is None else expected_hex(args.user_data, "--user-data")
+    roots = _roots(args.root, args.state_dir)
+    document = read_document_file(args.document)
+    result = verify_document(document, roots, expected_pcrs=dict(args.pcr), nonce=nonce,
+                             user_data=user_data)
     pcr0 = result.payload["pcrs"].get(0)
     if pcr0 is not None and not any(pcr0):
         print("nitro-emu: warning: PCR0 is all zeros: a debug-mode enclave", file=sys.stderr)

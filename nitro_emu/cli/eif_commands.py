@@ -9,6 +9,7 @@ import sys
 from eif.builder import build_eif
 from eif.describe import describe
 from eif.errors import EifError
+from eif.files import SIGNING_CERTIFICATE, read_input
 from eif.jsonfmt import Fields
 from eif.metadata import load_custom_metadata_file
 from eif.pcr import DEFAULT_HASH_ALGORITHM, pcr_of_file
@@ -74,8 +75,7 @@ def pcr(argv: list[str]) -> int:
     if args.input is not None:
         print_json({"PCR": pcr_of_file(args.input).hex()})
     else:
-        with open(args.signing_certificate, "rb") as file:
-            pem = file.read(1 << 20)
+        pem = read_input(args.signing_certificate, SIGNING_CERTIFICATE)
         try:
             value = pcr8_from_certificate(pem)
         except EifError as error:
