@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from typing import Callable, NoReturn
 
 from eif.errors import EifError
+from nitro_emu.cli.common import say
 from nitro_emu.enclaves.errors import NitroCliError, NitroCliUsageError
 from nitro_emu.errors import NitroEmuError
 
@@ -35,6 +37,7 @@ VERBS = {
     "vsock-connect": "nitro_emu.cli.vsock_connect_command",
 }
 RUN_MODULE = "nitro_emu.cli.run_command"
+BROKEN_PIPE_STATUS = 128 + signal.SIGPIPE
 
 USAGE = """usage: python -m nitro_emu EIF --guest-cid N [--memory MiB] [--debug-mode] [...]
        python -m nitro_emu describe-eif --eif-path EIF
@@ -54,11 +57,11 @@ Run any verb with --help for its options."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch to the verb's module; turn user errors into one line and exit status 1."""
+    """Dispatch to the verb's module; turn user errors into one line and exit status 1.
+    A closed pipe on stdout is not an error: BrokenPipeError reaches `entry_point`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        print("nitro-emu: error: no EIF or verb given (python -m nitro_emu --help)",
-              file=sys.stderr)
+        say("nitro-emu: error: no EIF or verb given (python -m nitro_emu --help)")
         return 2
     if argv[0] in ("-h", "--help"):
         print(USAGE)
@@ -69,19 +72,31 @@ def main(argv: list[str] | None = None) -> int:
         module, args = RUN_MODULE, argv
     try:
         return importlib.import_module(module).main(args)
+    except BrokenPipeError:
+        raise
     except (NitroCliError, NitroCliUsageError) as error:
-        print(error.render(), file=sys.stderr)
+        say(error.render())
         return error.exit_status
     except (NitroEmuError, EifError) as error:
-        print(f"nitro-emu: error: {error}", file=sys.stderr)
+        say(f"nitro-emu: error: {error}")
         return 1
     except OSError as error:
         where = f": {error.filename}" if error.filename else ""
-        print(f"nitro-emu: error: {error.strerror or error}{where}", file=sys.stderr)
+        say(f"nitro-emu: error: {error.strerror or error}{where}")
         return 1
     except KeyboardInterrupt:
-        print("nitro-emu: interrupted", file=sys.stderr)
-        return 130
+        say("nitro-emu: interrupted")
+        return 128 + signal.SIGINT
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def entry_point() -> None:
@@ -90,12 +105,24 @@ def entry_point() -> None:
 
 
 def exit_with(main_function: Callable[[], int]) -> NoReturn:
-    """Run a command's main() and exit with its status; a closed stdout is no error."""
+    """Run a command's main() and exit with its status.
+
+    When the reader of stdout goes away (`... | head`), the rest of the output is dropped
+    without a word and the status is 141, 128 + SIGPIPE: what the shell reports for `cat`,
+    `grep` or any C filter, which die of SIGPIPE there, so `set -o pipefail` scripts see
+    nitro-emu as they see every other tool, and a cut-short output is never called a
+    success."""
     try:
         status = main_function()
+    except BrokenPipeError:
+        status = BROKEN_PIPE_STATUS
+    try:
         sys.stdout.flush()
     except BrokenPipeError:
-        # The reader went away (`... | head`): not an error of ours, and no traceback.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        status = 0
+        status = status or BROKEN_PIPE_STATUS
+    except (OSError, ValueError):  # stdout is gone otherwise (a terminal hung up)
+        status = status or 1
+    else:
+        sys.exit(status)
+    _silence_stdout()
     sys.exit(status)

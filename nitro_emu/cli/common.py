@@ -1,5 +1,5 @@
-"""Helpers shared by the verbs: an argument parser whose errors are one line, and
-nitro-cli's JSON output."""
+"""Helpers shared by the verbs: an argument parser whose errors are one line,
+nitro-cli's JSON output, and a way to tell the user something on stderr that never fails."""
 from __future__ import annotations
 
 import argparse
@@ -22,3 +22,12 @@ def print_json(value: object) -> None:
     """nitro-cli's pretty JSON (4 spaces, serde's escaping) on stdout."""
     sys.stdout.write(jsonfmt.dumps_pretty(value) + "\n")
     sys.stdout.flush()
+
+
+def say(line: str) -> None:
+    """One line on stderr; silently dropped when stderr is gone (a closed pipe, a terminal
+    that hung up): there is nobody left to tell, and no traceback either."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass

@@ -13,6 +13,7 @@ import sys
 
 from eif.errors import EifError
 from nitro_emu.cli import exit_with
+from nitro_emu.cli.common import say
 from nitro_emu.enclaves.errors import NitroCliError, NitroCliUsageError
 from nitro_emu.errors import NitroEmuError, UsageError
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     module, file_error_code = VERBS[argv[0]]
     try:
         return importlib.import_module(module).main(argv)
+    except BrokenPipeError:
+        raise  # a closed stdout: exit_with ends quietly (status 141)
     except (NitroCliError, NitroCliUsageError) as error:
         return _report(error)
     except UsageError as error:
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(error: NitroCliError | NitroCliUsageError) -> int:
-    print(error.render(), file=sys.stderr)
+    say(error.render())
     return error.exit_status
 
 
