@@ -121,8 +121,14 @@ class Machine:
         self._wire_legacy_devices()
         self.nsm = self._make_nsm(parent_role, parent_id, state_dir, module_id)
         self.vsock = VsockDevice(guest_cid, self.reactor, self.clock, vsock)
-        self.virtio = self._wire_virtio({"vsock": self.vsock, "nsm": self.nsm})
-        self._load_kernel(vsock.heartbeat, extra_cmdline)
+        try:
+            self.virtio = self._wire_virtio({"vsock": self.vsock, "nsm": self.nsm})
+            self._load_kernel(vsock.heartbeat, extra_cmdline)
+        except BaseException:  # e.g. a kernel that is not a bzImage: no socket file left
+            self.vsock.close()
+            if self.debug is not None:
+                self.debug.close()
+            raise
         between_slices = self.uart.flush
         if self.debug is not None:
             self.debug.attach(self.vcpu, self.clock, self.reactor,

@@ -4,6 +4,11 @@ Keys typed go to the UART's receive FIFO (an interactive guest such as shell.eif
 them from ttyS0). On a terminal, input is switched to raw mode for the run so that Ctrl-C
 and friends reach the guest, and `Ctrl-]` (as in telnet) stops the enclave; the terminal
 is restored afterwards. A pipe is fed through as it is; end of input is not passed on.
+
+The descriptor is never made non-blocking: O_NONBLOCK belongs to the open file, which
+stdin shares with stdout on a terminal and with the shell that started us, so setting it
+would make console writes fail on a slow terminal and outlive a run that is killed. It is
+read only when the reactor reports it readable, which a read then never blocks on.
 """
 from __future__ import annotations
 
@@ -51,7 +56,6 @@ class TerminalInput:
             tty.setraw(fd)
         self._registered = False
         try:
-            os.set_blocking(fd, False)
             host.register(fd, selectors.EVENT_READ, self._readable)
             self._registered = True
         except PermissionError:
@@ -82,12 +86,12 @@ class TerminalInput:
             self._registered = False
 
     def close(self) -> None:
-        """Stop reading and give the terminal back as it was."""
+        """Stop reading and give the terminal back as it was (a terminal that hung up
+        has nothing left to give back)."""
         self._detach()
-        try:
-            os.set_blocking(self._fd, True)
-        except OSError:
-            pass
         if self._saved_mode is not None:
-            termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved_mode)
-            self._saved_mode = None
+            mode, self._saved_mode = self._saved_mode, None
+            try:
+                termios.tcsetattr(self._fd, termios.TCSADRAIN, mode)
+            except (termios.error, OSError):
+                pass
