@@ -19,7 +19,7 @@ from eif.metadata import check_rfc3339, format_rfc3339
 from nitro_emu.attestation.errors import VerificationError
 from nitro_emu.attestation.verify import decode_document, read_document
 from nitro_emu.cli.attest_commands import expected_hex
-from nitro_emu.cli.run_command import MAX_TIMEOUT_S, timeout_seconds as _timeout
+from nitro_emu.cli.run_command import MAX_TIMEOUT_S, timeout_seconds
 from nitro_emu.errors import UsageError
 
 SMALL = InputKind("test input", 16)
@@ -199,7 +199,7 @@ def test_rfc3339_check_never_fails_otherwise(text):
 @settings(deadline=None)
 def test_timeout_is_a_finite_positive_number_or_a_usage_error(text):
     try:
-        value = _timeout(text)
+        value = timeout_seconds(text)
     except UsageError as error:
         assert str(error).startswith("--timeout")
         return
@@ -210,7 +210,7 @@ def test_timeout_is_a_finite_positive_number_or_a_usage_error(text):
                                   "1e9", "", "five"])
 def test_timeout_refuses(text):
     with pytest.raises(UsageError, match="--timeout"):
-        _timeout(text)
+        timeout_seconds(text)
 
 
 @given(st.text(max_size=20))
