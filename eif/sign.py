@@ -1,19 +1,19 @@
 """Sign an existing EIF in place (`nitro-cli sign-eif`): the signature section (which signs
 PCR0 with the developer's key) replaces the old one where it was, or is appended, and the
 header's table and CRC are rewritten. PCR0-2 do not change; PCR8 becomes the
-certificate's. The file is replaced in one step (written beside it, then renamed).
+certificate's. The file is replaced in one step (`eif.files.atomic_output`: written beside
+it, then renamed; a symlink is written through).
 """
 from __future__ import annotations
 
 import os
-import stat
-import tempfile
 import zlib
 from typing import BinaryIO
 
 from eif import layout
 from eif.builder import load_signer
 from eif.errors import EifError
+from eif.files import atomic_output
 from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
 from eif.pcr import Measurements
 from eif.reader import EifImage, read_eif
@@ -40,20 +40,8 @@ def sign_eif(path: str | os.PathLike, signing_certificate: str | os.PathLike,
         signature = sign_pcr0(image.measurements.pcr0, pem, key)
     except EifError as error:
         raise SigningError(str(error)) from None
-    mode = stat.S_IMODE(os.stat(path).st_mode)
-    descriptor, temporary = tempfile.mkstemp(prefix=".eif-", dir=os.path.dirname(
-        os.path.abspath(path)))
-    try:
-        with os.fdopen(descriptor, "wb") as out, image.open_unchanged() as source:
-            _rewrite(image, source, out, signature)
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
+    with atomic_output(path, "EIF") as out, image.open_unchanged() as source:
+        _rewrite(image, source, out, signature)
     return read_eif(path).measurements
 
 

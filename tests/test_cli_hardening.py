@@ -23,8 +23,10 @@ import cbor2
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from conftest import ROOT, guest_image
+from support.container_images import write_fake_blobs
+from support.images import ROOT, guest_image
 from eif.builder import build_eif
+from eif.reader import read_eif
 from nitro_emu.attestation.ca import LocalCA
 from test_eif_cli import assert_one_line_error
 
@@ -56,6 +58,7 @@ def work(tmp_path: Path, state_dir: Path) -> Path:
     (tmp_path / "kernel").write_bytes(b"KERNEL")
     (tmp_path / "ramdisk").write_bytes(b"RAMDISK")
     (tmp_path / "doc").write_bytes(b"not looked at")
+    write_fake_blobs(tmp_path / "blobs")
     os.mkfifo(tmp_path / "fifo")
     os.symlink("/dev/zero", tmp_path / "zero-link")
     ca = LocalCA.create()
@@ -97,6 +100,34 @@ def test_special_files_are_refused_with_one_line(work, args, name, special, kind
     assert_one_line_error(result, f"{name} {special} {kind_of_file}"
                           if special == "zero-link" else f"{name} {special}: {kind_of_file}",
                           "not a regular file")
+    assert not (work / "out.eif").exists()
+
+
+# Verbs whose errors are nitro-cli's ([ Exx ] ..., status xx) or that print progress first.
+OTHER_INPUTS = [
+    (["sign-eif", "--eif-path", "X", "--signing-certificate", "cert.pem", "--private-key",
+      "key.pem"], "EIF", 35),
+    (["run-enclave", "--config", "X"], "config file", 19),
+    (["run-enclave", "--eif-path", "eif", "--memory", "512", "--cpu-count", "2",
+      "--system-map", "X"], "System.map", 19),
+    (["x.eif", "--guest-cid", "8", "--system-map", "X"], "System.map", 1),
+    (["build-enclave", "--docker-uri", "docker-archive:X", "--output-file", "out.eif",
+      "--blobs", "blobs"], "image archive", 1),
+    (["build-enclave", "--docker-uri", "oci-archive:X", "--output-file", "out.eif",
+      "--blobs", "blobs"], "image archive", 1),
+]
+
+
+@pytest.mark.parametrize("special, kind_of_file", SPECIALS, ids=["dev-zero", "fifo", "link"])
+@pytest.mark.parametrize("args, name, status", OTHER_INPUTS,
+                         ids=[" ".join(a[:2]) for a, _, _ in OTHER_INPUTS])
+def test_special_files_are_refused_by_the_other_verbs(work, args, name, status, special,
+                                                      kind_of_file):
+    build_eif(work / "eif", kernel=work / "kernel", cmdline="c", ramdisks=[work / "ramdisk"])
+    result = cli(*[a.replace("X", special) for a in args], cwd=work)
+    assert result.returncode == status, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"{name} {special}" in result.stderr and kind_of_file in result.stderr
     assert not (work / "out.eif").exists()
 
 
@@ -160,6 +191,20 @@ def test_an_output_symlink_to_a_regular_file_is_written_through(work):
     assert _build(work, "link.eif").returncode == 0
     assert os.readlink(work / "link.eif") == "images/real.eif"
     assert (work / "images" / "real.eif").read_bytes()[:4] == b".eif"
+
+
+def test_sign_eif_writes_through_a_symlink_and_keeps_the_mode(work):
+    (work / "images").mkdir()
+    real = work / "images" / "real.eif"
+    build_eif(real, kernel=work / "kernel", cmdline="c", ramdisks=[work / "ramdisk"])
+    os.chmod(real, 0o640)
+    os.symlink("images/real.eif", work / "link.eif")
+    result = cli("sign-eif", "--eif-path", "link.eif", "--signing-certificate", "cert.pem",
+                 "--private-key", "key.pem", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert os.readlink(work / "link.eif") == "images/real.eif"
+    assert read_eif(real).is_signed
+    assert stat.S_IMODE(os.stat(real).st_mode) == 0o640
 
 
 def test_a_failed_build_keeps_the_old_output(work):

@@ -113,7 +113,7 @@ def bad_cases(d: Path) -> list[tuple[list[str], str]]:
         (["--docker-uri", f"docker-archive:{d / 'app.tar'}", *out, *blobs,
           "--docker-dir", str(d)], "--docker-dir builds with a Docker or Podman daemon"),
         (["--docker-uri", f"docker-archive:{d / 'app.tar'}", *out, *blobs,
-          "--metadata", str(big_meta)], "the limit is 4096"),
+          "--metadata", str(big_meta)], "over the 4 KiB limit"),
         (["--docker-uri", f"docker-archive:{d / 'app.tar'}", "--output-file",
           str(d / "no-such-dir" / "x.eif"), *blobs], "No such file or directory"),
         (["--output-file", str(d / "x.eif")], "required: --docker-uri"),

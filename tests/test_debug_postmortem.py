@@ -117,7 +117,7 @@ def test_a_system_map_of_another_kernel_is_not_used(tmp_path: Path) -> None:
 def test_a_missing_system_map_is_a_one_line_usage_error(tmp_path: Path) -> None:
     completed = run_cli("nonexistent.eif", "--system-map", str(tmp_path / "missing"))
     assert completed.returncode == 1
-    assert completed.stderr.strip().endswith("is not a file")
+    assert completed.stderr.strip().endswith("missing: No such file or directory")
     assert "Traceback" not in completed.stderr
 
 

@@ -210,7 +210,8 @@ def test_debugging_keys_in_config_files(cli, small_eif, tmp_path):
                                ({"trace": "everything"}, 3, "unknown trace event"),
                                ({"gdb_wait": True}, 1, "`gdb-wait` needs `gdb`"),
                                ({"trace_file": "t"}, 1, "`trace-file` needs `trace`"),
-                               ({"system_map": str(tmp_path)}, 19, "Is a directory")]:
+                               ({"system_map": str(tmp_path)}, 19,
+                                "a directory, not a regular file")]:
         config.write_text(json.dumps({**base, **extra}))
         assert_nitro_error(cli("run-enclave", "--config", config), code, words)
     spec = spec_from_config({**base, "gdb": "[::1]:0", "gdb_wait": True, "trace": "all",

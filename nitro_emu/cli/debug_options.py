@@ -5,10 +5,19 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from eif.errors import FileError
+from eif.files import MIB, InputKind, open_input, write_output
 from nitro_emu.debug.config import DEFAULT_GDB_HOST, DebugConfig, parse_gdb_address
 from nitro_emu.errors import UsageError
+
+SYSTEM_MAP = InputKind("System.map", 256 * MIB)   # a distribution kernel's is about 6 MiB
+
+
+def check_system_map(path: str) -> None:
+    """FileError unless `path` is a regular file a System.map could be (eif.files)."""
+    open_input(path, SYSTEM_MAP).close()
+
 
 def gdb_address(text: str) -> tuple[str, int]:
     """--gdb's value (nitro_emu.debug.config.parse_gdb_address)."""
@@ -54,8 +63,11 @@ def config_from_args(args: argparse.Namespace) -> DebugConfig | None:
         raise UsageError("--gdb-wait needs --gdb [HOST:]PORT")
     if args.trace_file is not None and not args.trace:
         raise UsageError("--trace-file needs --trace EVENTS")
-    if args.system_map is not None and not Path(args.system_map).is_file():
-        raise UsageError(f"--system-map: {args.system_map} is not a file")
+    if args.system_map is not None:
+        try:
+            check_system_map(args.system_map)
+        except FileError as error:
+            raise UsageError(f"--system-map: {error}") from None
     if args.gdb is None and not args.trace:
         return None
     return DebugConfig(gdb=args.gdb, gdb_wait=args.gdb_wait,
@@ -76,7 +88,8 @@ def post_mortem(machine, result, args: argparse.Namespace) -> tuple[str, list[st
     if args.post_mortem is None:
         return "", lines
     try:
-        Path(args.post_mortem).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    except OSError as error:
-        return f" (post-mortem report not written: {args.post_mortem}: {error.strerror})", lines
+        write_output(args.post_mortem, ("\n".join(lines) + "\n").encode("utf-8"),
+                     "post-mortem report")
+    except FileError as error:
+        return f" (post-mortem report not written: {error})", lines
     return f" (post-mortem report in {args.post_mortem})", []

@@ -133,7 +133,7 @@ def _check_image(spec: RunSpec) -> None:
     parses (E35), memory is at least 4x its size (E26) and what the machine can give."""
     import os
 
-    from eif.errors import EifError
+    from eif.errors import EifError, FileError
     from eif.reader import read_eif
     from nitro_emu.limits import MAX_MEMORY_MIB, MIN_MEMORY_MIB
 
@@ -144,11 +144,10 @@ def _check_image(spec: RunSpec) -> None:
                                 f"({error.strerror or error}).") from None
     if spec.system_map is not None:
         try:
-            with open(spec.system_map, "rb"):
-                pass
-        except OSError as error:
+            debug_options.check_system_map(spec.system_map)
+        except FileError as error:
             raise NitroCliError(19, f"File: '{spec.system_map}', failing operation: 'Open' "
-                                    f"({error.strerror or error}).") from None
+                                    f"({error}).") from None
     try:
         image = read_eif(spec.eif_path)
     except EifError as error:

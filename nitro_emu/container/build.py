@@ -19,7 +19,8 @@ from typing import Callable, Iterator
 
 from eif import cpio, ramdisks
 from eif.builder import DEFAULT_BUILD_TOOL, DEFAULT_BUILD_TOOL_VERSION, build_eif
-from eif.errors import EifError
+from eif.errors import EifError, FileError
+from eif.files import MIB, InputKind, read_input
 from eif.metadata import format_rfc3339
 from eif.pcr import Measurements
 from nitro_emu.container import docker_info
@@ -36,6 +37,7 @@ from nitro_emu.container.store import DirectoryStore, TarStore
 
 DEFAULT_MAX_IMAGE = 8 << 30          # uncompressed layers, all together
 SUPPORTED_ARCH = "amd64"
+BLOB = InputKind("enclave blob", 64 * MIB)     # init and nsm.ko (nitro-cli's are < 1 MiB)
 _CREATED = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 
 
@@ -148,8 +150,10 @@ def write_ramdisks(rootfs: RootFs, source: ImageSource, blobs: EnclaveBlobs,
                    scratch: str) -> list[str]:
     """The bootstrap and customer ramdisks as files in `scratch`."""
     def read(path: str) -> bytes:
-        with open(path, "rb") as file:
-            return file.read()
+        try:
+            return read_input(path, BLOB)
+        except FileError as error:
+            raise ContainerError(str(error)) from None
 
     bootstrap = ramdisks.bootstrap_entries(read(blobs.init),
                                            read(blobs.nsm_ko) if blobs.nsm_ko else None)

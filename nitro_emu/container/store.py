@@ -8,13 +8,16 @@ import hashlib
 import json
 import os
 import re
-import stat
 import tarfile
 from typing import BinaryIO, Protocol
 
+from eif.errors import FileError
+from eif.files import InputKind, open_input
 from nitro_emu.container.errors import ContainerError
 
 MAX_JSON = 4 << 20          # manifests, indexes and configs (registries use 4 MiB too)
+LAYOUT_FILE = InputKind("image layout file")   # streamed; JSON ones are held to MAX_JSON
+ARCHIVE = InputKind("image archive")
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, OverflowError, UnicodeError)
 
@@ -65,17 +68,13 @@ class DirectoryStore:
 
     def open(self, name: str) -> tuple[BinaryIO, int]:
         path = os.path.join(self.root, _clean(name, self.where))
-        try:
-            file = open(path, "rb")
-        except FileNotFoundError:
-            raise ContainerError(f"{self.where}: {name} is missing") from None
-        except OSError as error:
-            raise ContainerError(f"{path}: {error.strerror or error}") from None
-        info = os.fstat(file.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            file.close()
-            raise ContainerError(f"{path}: not a regular file")
-        return file, info.st_size
+        if not os.path.lexists(path):
+            raise ContainerError(f"{self.where}: {name} is missing")
+        try:  # a FIFO or device blob is refused before it could block or never end
+            opened = open_input(path, LAYOUT_FILE)
+        except FileError as error:
+            raise ContainerError(str(error)) from None
+        return opened.file, opened.size
 
 
 class TarStore:
@@ -84,25 +83,29 @@ class TarStore:
 
     def __init__(self, path: str) -> None:
         self.where = path
+        if not os.path.lexists(path):
+            raise ContainerError(f"{path}: no such file")
+        try:  # a FIFO or a device is refused before tarfile could wait on it or read it
+            self.file = open_input(path, ARCHIVE)
+        except FileError as error:
+            raise ContainerError(str(error)) from None
         try:
-            self.tar = tarfile.open(path, "r:*")
+            self.tar = tarfile.open(fileobj=self.file.file, mode="r:*")
             self.members = {}
             for member in self.tar:
                 try:
                     self.members[_clean(member.name, path)] = member
                 except ContainerError:
                     continue             # "./", absolute or ".." names: never looked up
-        except FileNotFoundError:
-            raise ContainerError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise ContainerError(f"{path}: is a directory, not an archive") from None
-        except OSError as error:
-            raise ContainerError(f"{path}: {error.strerror or error}") from None
-        except TAR_ERRORS as error:
+        except (OSError, *TAR_ERRORS) as error:
+            self.file.close()
+            if isinstance(error, OSError):
+                raise ContainerError(f"{path}: {error.strerror or error}") from None
             raise ContainerError(f"{path}: not a readable tar archive ({error})") from None
 
     def close(self) -> None:
         self.tar.close()
+        self.file.close()
 
     def exists(self, name: str) -> bool:
         member = self.members.get(_clean(name, self.where))

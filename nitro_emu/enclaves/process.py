@@ -32,7 +32,8 @@ import threading
 import time
 from pathlib import Path
 
-from eif.errors import EifError
+from eif.errors import EifError, FileError
+from eif.files import write_output
 from eif.jsonfmt import Fields, dumps_compact
 from nitro_emu.enclaves import json_output
 from nitro_emu.enclaves.console_log import ConsoleFile
@@ -298,10 +299,9 @@ class EnclaveProcess:
             if path is None:
                 continue
             try:
-                Path(path).write_text(text, encoding="utf-8")
-            except OSError as error:
-                log.error("post-mortem report not written: %s: %s", path,
-                          error.strerror or error)
+                write_output(path, text.encode("utf-8"), "post-mortem report")
+            except FileError as error:
+                log.error("post-mortem report not written: %s", error)
                 continue
             written = written or str(path)
         return written

@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 
 from devices.vsock import check_guest_cid
+from eif.errors import FileError
+from eif.files import InputKind, open_input
 from nitro_emu.debug.config import parse_gdb_address
 from nitro_emu.enclaves.errors import NitroCliError
 
@@ -21,6 +23,7 @@ U32_MAX = 0xFFFFFFFF
 U64_MAX = 0xFFFFFFFFFFFFFFFF
 PARENT_CID = 3
 CONFIG_FILE_LIMIT = 1 << 20
+CONFIG_FILE = InputKind("config file")     # its size is checked as nitro-cli's E17
 _UNSIGNED = re.compile(r"\+?[0-9]+")
 _MEMORY_UNITS = {"": 1, "M": 1, "m": 1, "G": 1024, "g": 1024, "T": 1 << 20, "t": 1 << 20}
 
@@ -154,12 +157,12 @@ def read_config(path: str) -> RunSpec:
     vsock_uds, parent_role, parent_id and the debugging keys gdb ("[HOST:]PORT"),
     gdb_wait, trace ("syscalls,io"), trace_file, system_map, post_mortem; unknown keys
     are ignored, as serde does)."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read(CONFIG_FILE_LIMIT + 1)
-    except OSError as error:
+    try:  # a regular file only: a FIFO or a device is refused, never waited on
+        with open_input(path, CONFIG_FILE) as opened:
+            data = opened.file.read(CONFIG_FILE_LIMIT + 1)
+    except (FileError, OSError) as error:
         raise NitroCliError(19, f"File: '{path}', failing operation: 'Open' "
-                                f"({error.strerror or error}).") from None
+                                f"({getattr(error, 'strerror', None) or error}).") from None
     if len(data) > CONFIG_FILE_LIMIT:
         raise NitroCliError(17, f"Invalid JSON format for config file {path}: larger than "
                                 f"{CONFIG_FILE_LIMIT} bytes.")
