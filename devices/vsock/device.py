@@ -104,10 +104,7 @@ class VirtioVsock(VirtioDevice):
     def _process_tx(self) -> None:
         txq = self._queues[TX]
         handled = False
-        while True:
-            chain = txq.pop()
-            if chain is None:
-                break
+        for chain in iter(txq.pop, None):
             try:
                 self._handle_tx(chain)
             finally:
@@ -154,10 +151,7 @@ class VirtioVsock(VirtioDevice):
             return
         rxq = self._queues[RX]
         pushed = False
-        while True:
-            chain = rxq.pop()
-            if chain is None:
-                break
+        for chain in iter(rxq.pop, None):
             if chain.writable_length < _HEADER_SIZE:
                 raise VirtqueueError(f"rx buffer of {chain.writable_length} bytes is "
                                      "smaller than the 44-byte vsock header")
