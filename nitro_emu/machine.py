@@ -89,6 +89,9 @@ class Machine:
     told (on the kernel command line) to skip it. `module_id` is the NSM's module id (the
     enclave ID on Nitro; random in that shape by default). `debug` attaches a GDB stub
     and/or an event trace (nitro_emu.debug.session).
+    `host_decompression=False` makes the kernel's own decompressor run (as emulated code)
+    instead of the loader inflating the kernel on the host (`boot.host_decompression`);
+    `boot` tells which path was taken and why.
     """
 
     def __init__(self, eif: str | os.PathLike | EifImage, *, guest_cid: int,
@@ -99,7 +102,8 @@ class Machine:
                  parent_id: str | None = None, extra_cmdline: str = "",
                  state_dir: str | os.PathLike | None = None,
                  module_id: str | None = None,
-                 debug: DebugConfig | None = None) -> None:
+                 debug: DebugConfig | None = None,
+                 host_decompression: bool = True) -> None:
         try:
             check_guest_cid(guest_cid)
             check_memory_mib(memory_mib)
@@ -123,7 +127,7 @@ class Machine:
         self.vsock = VsockDevice(guest_cid, self.reactor, self.clock, vsock)
         try:
             self.virtio = self._wire_virtio({"vsock": self.vsock, "nsm": self.nsm})
-            self._load_kernel(vsock.heartbeat, extra_cmdline)
+            self.boot = self._load_kernel(vsock.heartbeat, extra_cmdline, host_decompression)
         except BaseException:  # e.g. a kernel that is not a bzImage: no socket file left
             self.vsock.close()
             if self.debug is not None:
@@ -202,7 +206,8 @@ class Machine:
             transports[slot.name] = transport
         return transports
 
-    def _load_kernel(self, heartbeat: bool, extra_cmdline: str) -> BootLayout:
+    def _load_kernel(self, heartbeat: bool, extra_cmdline: str,
+                     host_decompression: bool) -> BootLayout:
         """The EIF's kernel, command line (plus the machine's own parameters, which change
         no PCR) and ramdisks in RAM, the vCPU at the kernel's entry."""
         extra = [slot.cmdline for slot in VIRTIO_SLOTS] + list(MACHINE_CMDLINE)
@@ -212,7 +217,8 @@ class Machine:
             extra.append(extra_cmdline)
         cmdline = " ".join([self.image.cmdline.strip()] + extra)
         return load_linux(self.vcpu, self.ram, self.image.read_kernel(), cmdline,
-                          self.image.ramdisks_size, self.image.read_ramdisks_into)
+                          self.image.ramdisks_size, self.image.read_ramdisks_into,
+                          decompress_on_host_first=host_decompression)
 
     def _between_slices_debugging(self) -> None:
         self.uart.flush()

@@ -1,9 +1,14 @@
 """Puts a Linux kernel, its command line and initrd in guest RAM and sets the vCPU up for
 the 64-bit boot protocol entry (boot.rst, "64-bit Boot Protocol"): identity-mapped page
 tables, a flat GDT with __BOOT_CS 0x10 / __BOOT_DS 0x18, RSI = boot_params, interrupts
-off, RIP = load address + 0x200."""
+off.
+
+The kernel is decompressed on the host and entered where its own decompressor would jump
+(host_decompression.py); a kernel that path cannot take is loaded at 1 MiB and entered at
+its decompressor (load address + 0x200), which then runs as emulated code."""
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass
 from typing import Callable
@@ -12,6 +17,8 @@ from construct import Int32ul, Int64ul, Struct
 
 from board.memory import GuestRam
 from nitro_emu.boot.bzimage import BadKernelError, BzImage
+from nitro_emu.boot.host_decompression import (HostDecompressionUnavailable, decompress_on_host,
+                                               decompressor_output_address)
 from nitro_emu.cpu.vcpu import Vcpu
 
 # Guest-physical layout of the boot structures (all in low RAM, like Firecracker's).
@@ -24,7 +31,7 @@ CMDLINE_ADDRESS = 0x20000
 KERNEL_ADDRESS = 0x100000
 LOW_RAM_END = 0x9FC00
 BIOS_AREA = (0xF0000, 0x100000)
-DECOMPRESS_ADDRESS = 0x1000000  # LOAD_PHYSICAL_ADDR: where the kernel decompresses
+LA57 = 1 << 16  # CPUID.(7,0):ECX, 5-level paging
 
 BOOT_CS, BOOT_DS = 0x10, 0x18
 _GDT = [0, 0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF]  # flat 64-bit code, flat data
@@ -40,6 +47,8 @@ E820_RAM, E820_RESERVED = 1, 2
 
 E820Entry = Struct("addr" / Int64ul, "size" / Int64ul, "type" / Int32ul)
 
+log = logging.getLogger("nitro_emu.boot")
+
 
 @dataclass(frozen=True)
 class BootLayout:
@@ -49,6 +58,11 @@ class BootLayout:
     cmdline: str
     initrd_address: int
     initrd_size: int
+    # "host": decompressed by the loader, entered at startup_64 of vmlinux; "guest": the
+    # kernel's own decompressor runs (then `fallback_reason` says why, when it was asked).
+    decompressed_by: str = "guest"
+    fallback_reason: str | None = None
+    compression: str | None = None
 
 
 def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
@@ -60,26 +74,44 @@ def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
 
 
 def load_linux(vcpu: Vcpu, ram: GuestRam, kernel: bytes, cmdline: str, initrd_size: int,
-               fill_initrd: Callable[[memoryview], object]) -> BootLayout:
+               fill_initrd: Callable[[memoryview], object],
+               decompress_on_host_first: bool = True) -> BootLayout:
     """Load a bzImage, the initrd (`fill_initrd` writes its `initrd_size` bytes into the
-    view it is given: guest RAM, no intermediate copy) and point the vCPU at the kernel's
-    64-bit entry."""
+    view it is given: guest RAM, no intermediate copy) and point the vCPU at the kernel.
+    With `decompress_on_host_first` the host inflates the kernel and the vCPU starts in
+    the kernel proper; otherwise, or when that cannot be done as the kernel's decompressor
+    would (one log line says why), the vCPU starts in that decompressor."""
     image = BzImage.parse(kernel)
     header = image.header
     payload = memoryview(kernel)[image.protected_mode_offset:]
     init_size = max(header.init_size, len(payload))
-    kernel_end = max(KERNEL_ADDRESS + init_size, DECOMPRESS_ADDRESS + init_size)
+    kernel_end = max(KERNEL_ADDRESS + len(payload),
+                     decompressor_output_address(image, KERNEL_ADDRESS) + init_size)
     if kernel_end > ram.size:
         raise BadKernelError(
             f"the kernel needs {kernel_end >> 20} MiB to decompress; guest RAM is "
             f"{ram.size >> 20} MiB")
-    ram.write(KERNEL_ADDRESS, payload)
-
     cmdline_bytes = cmdline.encode() + b"\0"
     if header.cmdline_size and len(cmdline_bytes) - 1 > header.cmdline_size:
         raise BadKernelError(
             f"kernel command line is {len(cmdline_bytes) - 1} bytes; this kernel accepts "
             f"{header.cmdline_size}")
+
+    host_kernel, reason = None, None
+    if decompress_on_host_first:
+        try:
+            la57 = bool(vcpu.cpuid.lookup(7, 0)[2] & LA57)
+            host_kernel = decompress_on_host(image, kernel, cmdline, KERNEL_ADDRESS, la57)
+        except HostDecompressionUnavailable as why:
+            reason = str(why)
+            log.warning("nitro-emu: booting through the kernel's own decompressor (slower): %s",
+                        reason)
+    if host_kernel is None:
+        ram.write(KERNEL_ADDRESS, payload)
+        entry = KERNEL_ADDRESS + 0x200
+    else:
+        host_kernel.load_into(ram)
+        entry = host_kernel.entry
     ram.write(CMDLINE_ADDRESS, cmdline_bytes)
 
     initrd_address = 0
@@ -92,6 +124,22 @@ def load_linux(vcpu: Vcpu, ram: GuestRam, kernel: bytes, cmdline: str, initrd_si
                 f"kernel; give the machine more memory")
         fill_initrd(ram.view(initrd_address, initrd_size))
 
+    params = boot_params(image, initrd_address, initrd_size, ram.size)
+    write_identity_page_tables(ram)
+    ram.write(GDT_ADDRESS, struct.pack("<4Q", *_GDT))
+    if host_kernel is not None:
+        host_kernel.edit_boot_params(params, cmdline, ram)
+    ram.write(BOOT_PARAMS_ADDRESS, params)
+    enter_long_mode(vcpu, entry)
+    return BootLayout(entry, cmdline, initrd_address, initrd_size,
+                      "guest" if host_kernel is None else "host", reason,
+                      None if host_kernel is None else host_kernel.compression)
+
+
+def boot_params(image: BzImage, initrd_address: int, initrd_size: int,
+                ram_size: int) -> bytearray:
+    """The zero page as a boot loader fills it: the setup header, loader type, command
+    line and initrd pointers, the E820 map."""
     params = bytearray(4096)
     params[0x1F1:0x1F1 + len(image.header_bytes)] = image.header_bytes
     params[TYPE_OF_LOADER] = LOADER_UNDEFINED
@@ -100,19 +148,13 @@ def load_linux(vcpu: Vcpu, ram: GuestRam, kernel: bytes, cmdline: str, initrd_si
     struct.pack_into("<I", params, CMD_LINE_PTR, CMDLINE_ADDRESS)
     struct.pack_into("<III", params, EXT_RAMDISK_IMAGE, initrd_address >> 32,
                      initrd_size >> 32, CMDLINE_ADDRESS >> 32)
-    entries = e820_map(ram.size)
+    entries = e820_map(ram_size)
     params[E820_ENTRIES] = len(entries)
     for index, (address, size, kind) in enumerate(entries):
         offset = E820_TABLE + index * E820Entry.sizeof()
         params[offset:offset + E820Entry.sizeof()] = E820Entry.build(
             dict(addr=address, size=size, type=kind))
-    ram.write(BOOT_PARAMS_ADDRESS, params)
-
-    write_identity_page_tables(ram)
-    ram.write(GDT_ADDRESS, struct.pack("<4Q", *_GDT))
-    entry = KERNEL_ADDRESS + 0x200
-    enter_long_mode(vcpu, entry)
-    return BootLayout(entry, cmdline, initrd_address, initrd_size)
+    return params
 
 
 def write_identity_page_tables(ram: GuestRam, flags: int = 0x3) -> None:
