@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages nitro-emu needs: Python's venv, the kernel sources and
-# toolchain for the guest images, busybox for the guest userland, QEMU as a reference machine.
+# toolchain for the guest images, busybox for the guest userland, QEMU as a reference machine,
+# and the compressors a kernel build can use (the boot tests repack a kernel with each).
 set -euo pipefail
 packages=(python3-venv python3-dev build-essential bc flex bison libelf-dev libssl-dev cpio
-          xz-utils linux-source-6.12 busybox-static qemu-system-x86 socat gdb podman)
+          xz-utils bzip2 lzop lz4 zstd linux-source-6.12 busybox-static qemu-system-x86 socat gdb
+          podman)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
