@@ -125,6 +125,27 @@ def test_factory_device_documents_verify_against_the_exported_root(tmp_path):
     assert result.payload["module_id"].startswith("i-0123456789abcdef0-enc")
 
 
+def test_the_factory_loads_the_ca_when_the_guest_first_attests(tmp_path, caplog):
+    """Booting does not touch the CA (nor import cryptography); a damaged CA is one log
+    line and an InternalError answer at the first Attestation, and the NSM keeps serving."""
+    LocalCA.load_or_create(tmp_path)
+    key = tmp_path / "ca" / "root-key.pem"
+    key.write_bytes(b"garbage")
+    device = create_nsm_device(pcr0=PCR0, pcr1=PCR1, pcr2=PCR2, pcr8=None, parent_role=None,
+                               parent_id=None, debug_mode=False, state_dir=tmp_path)
+    with caplog.at_level("ERROR", logger="nitro_emu.attestation"):
+        response = cbor2.loads(device.handler.handle(cbor2.dumps({"Attestation": {}})))
+    assert response == {"Error": "InternalError"}
+    [record] = [r for r in caplog.records if r.name == "nitro_emu.attestation"]
+    assert "cannot load the CA key" in record.getMessage() and record.exc_info is None
+    described = cbor2.loads(device.handler.handle(cbor2.dumps({"DescribePCR": {"index": 0}})))
+    assert described["DescribePCR"]["data"] == PCR0
+    for leftover in (tmp_path / "ca").iterdir():   # the user removes the damaged CA
+        leftover.unlink()
+    (tmp_path / "ca").rmdir()
+    verify_document(attest(device.handler), [LocalCA.load_or_create(tmp_path).certificate])
+
+
 def test_factory_debug_mode_documents_have_zero_pcr0_to_2(tmp_path):
     device = create_nsm_device(pcr0=PCR0, pcr1=PCR1, pcr2=PCR2, pcr8=None, parent_role=None,
                                parent_id="i-0123456789abcdef0", debug_mode=True,

@@ -1,16 +1,19 @@
 """Builds the machine's NSM: boot PCRs as on Nitro, a signer under the local CA."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
 
 from devices.nsm import NsmDevice, NsmHandler, PcrBank
-from devices.nsm.handler import FIELD_LIMIT
+from devices.nsm.document import SigningIdentity
+from devices.nsm.handler import FIELD_LIMIT, NsmRequestError
 from devices.nsm.pcr import BOOT_LOCKED, PCR_SIZE
-from nitro_emu.attestation.ca import LocalCA
 from eif.pcr import pcr_of_string
 from nitro_emu.attestation.errors import AttestationError
+
+log = logging.getLogger("nitro_emu.attestation")
 
 _INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 
@@ -46,15 +49,38 @@ def boot_pcrs(*, pcr0: bytes, pcr1: bytes, pcr2: bytes, pcr8: bytes | None,
     return bank
 
 
+class LocalCASigner:
+    """The run's document signer (a `ChainSigner` under the local CA in `state_dir`),
+    made on the guest's first Attestation request: loading the CA, and with it the
+    cryptography package, stays off the boot of an enclave that never attests. A CA that
+    cannot be loaded is one log line and an InternalError answer to the guest."""
+
+    def __init__(self, state_dir: str | os.PathLike[str] | None, module_id: str) -> None:
+        self._state_dir = state_dir
+        self._module_id = module_id
+        self._signer = None
+
+    def identity(self, now_ms: int) -> SigningIdentity:
+        if self._signer is None:
+            from nitro_emu.attestation.ca import LocalCA
+            try:
+                self._signer = LocalCA.load_or_create(self._state_dir).signer(self._module_id)
+            except AttestationError as error:
+                log.error("nitro-emu: the NSM cannot sign attestation documents: %s", error)
+                raise NsmRequestError("InternalError", str(error)) from None
+        return self._signer.identity(now_ms)
+
+
 def create_nsm_device(*, pcr0: bytes, pcr1: bytes, pcr2: bytes, pcr8: bytes | None,
                       parent_role: str | None, parent_id: str | None, debug_mode: bool,
                       state_dir: str | os.PathLike[str] | None = None,
                       module_id: str | None = None,
                       field_limit: int | None = FIELD_LIMIT) -> NsmDevice:
     """The NSM device for one machine run (see `boot_pcrs`); documents are signed by a
-    fresh leaf chained to the local root CA in `state_dir` (created on first use)."""
+    fresh leaf chained to the local root CA in `state_dir` (created on first use; see
+    `LocalCASigner`)."""
     bank = boot_pcrs(pcr0=pcr0, pcr1=pcr1, pcr2=pcr2, pcr8=pcr8, parent_role=parent_role,
                      parent_id=parent_id, debug_mode=debug_mode)
     module_id = module_id or make_module_id(parent_id)
-    signer = LocalCA.load_or_create(state_dir).signer(module_id)
-    return NsmDevice(NsmHandler(bank, signer, module_id, field_limit=field_limit))
+    return NsmDevice(NsmHandler(bank, LocalCASigner(state_dir, module_id), module_id,
+                                field_limit=field_limit))
