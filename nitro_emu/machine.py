@@ -25,7 +25,7 @@ from eif import EifImage, read_eif
 from nitro_emu.attestation.factory import create_nsm_device
 from nitro_emu.boot.loader import BootLayout, load_linux
 from nitro_emu.console import ConsoleLog
-from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz
+from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz, start_measuring_host_tsc
 from nitro_emu.cpu.vcpu import Vcpu
 from nitro_emu.debug.config import DebugConfig
 from nitro_emu.errors import NitroEmuError
@@ -110,6 +110,7 @@ class Machine:
         except ValueError as error:
             raise MachineError(str(error)) from None
         vsock = vsock if vsock is not None else VsockConfig()
+        start_measuring_host_tsc()  # reading the image covers the measuring window
         self.image = self._read_image(eif)
         self.debug = self._debug_session(debug)
         self.guest_cid = guest_cid

@@ -52,24 +52,49 @@ def native_cpuid() -> dict[tuple[int, int], Registers]:
     return answers
 
 
-@lru_cache(maxsize=1)
-def host_tsc_hz() -> int:
-    """The host's TSC rate (RDTSC in Unicorn is the host TSC plus an offset), measured
-    against the monotonic clock over about 20 ms."""
-    uc = _scratch_cpu()
+TSC_WINDOW_NS = 20_000_000
 
-    def sample() -> tuple[int, int]:
+
+class TscRateMeasurement:
+    """The host's TSC rate (RDTSC in Unicorn is the host TSC plus an offset), measured
+    against the monotonic clock from construction to the first `hz()`, over at least 20 ms:
+    whatever the caller does in between hides the wait."""
+
+    def __init__(self) -> None:
+        self._uc = _scratch_cpu()
+        self._start = self._sample()
+        self._hz: int | None = None
+
+    def _sample(self) -> tuple[int, int]:
         before = time.perf_counter_ns()
-        uc.emu_start(_PROBE_CODE_ADDRESS + 2, _PROBE_CODE_ADDRESS + 4)
+        self._uc.emu_start(_PROBE_CODE_ADDRESS + 2, _PROBE_CODE_ADDRESS + 4)
         after = time.perf_counter_ns()
-        tsc = (uc.reg_read(x86.UC_X86_REG_RDX) << 32) | (uc.reg_read(x86.UC_X86_REG_RAX) & 0xFFFFFFFF)
+        tsc = (self._uc.reg_read(x86.UC_X86_REG_RDX) << 32) | \
+            (self._uc.reg_read(x86.UC_X86_REG_RAX) & 0xFFFFFFFF)
         return tsc, (before + after) // 2
 
-    tsc0, ns0 = sample()
-    time.sleep(0.02)
-    tsc1, ns1 = sample()
-    hz = (tsc1 - tsc0) * 1_000_000_000 // max(1, ns1 - ns0)
-    return max(hz, 1_000_000)
+    def hz(self) -> int:
+        if self._hz is None:
+            tsc0, ns0 = self._start
+            wait_ns = TSC_WINDOW_NS - (time.perf_counter_ns() - ns0)
+            if wait_ns > 0:
+                time.sleep(wait_ns / 1e9)
+            tsc1, ns1 = self._sample()
+            self._hz = max((tsc1 - tsc0) * 1_000_000_000 // max(1, ns1 - ns0), 1_000_000)
+            self._uc = None
+        return self._hz
+
+
+@lru_cache(maxsize=1)
+def start_measuring_host_tsc() -> TscRateMeasurement:
+    """The process's one measurement of the host TSC rate, started now (a machine starts
+    it first thing, so its set-up covers the measuring window)."""
+    return TscRateMeasurement()
+
+
+def host_tsc_hz() -> int:
+    """The host's TSC rate in Hz (see TscRateMeasurement)."""
+    return start_measuring_host_tsc().hz()
 
 
 class CpuidModel:
