@@ -23,7 +23,8 @@ from devices.virtio.mmio import VirtioMmioTransport
 from devices.vsock import VsockConfig, VsockDevice, check_guest_cid
 from eif import EifImage, read_eif
 from nitro_emu.attestation.factory import create_nsm_device
-from nitro_emu.boot.loader import BootLayout, load_linux
+from nitro_emu.boot.host_decompression import BackgroundInflation
+from nitro_emu.boot.loader import BootLayout, load_linux, start_inflating
 from nitro_emu.console import ConsoleLog
 from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz, start_measuring_host_tsc
 from nitro_emu.cpu.vcpu import Vcpu
@@ -113,6 +114,9 @@ class Machine:
         start_measuring_host_tsc()  # reading the image covers the measuring window
         self.image = self._read_image(eif)
         self.debug = self._debug_session(debug)
+        kernel = self.image.read_kernel()
+        # Inflated in a worker thread while the rest of the machine is wired.
+        inflation = start_inflating(kernel) if host_decompression else None
         self.guest_cid = guest_cid
         self.debug_mode = debug_mode
         self._end: RunResult | None = None
@@ -128,7 +132,8 @@ class Machine:
         self.vsock = VsockDevice(guest_cid, self.reactor, self.clock, vsock)
         try:
             self.virtio = self._wire_virtio({"vsock": self.vsock, "nsm": self.nsm})
-            self.boot = self._load_kernel(vsock.heartbeat, extra_cmdline, host_decompression)
+            self.boot = self._load_kernel(kernel, vsock.heartbeat, extra_cmdline,
+                                          host_decompression, inflation)
         except BaseException:  # e.g. a kernel that is not a bzImage: no socket file left
             self.vsock.close()
             if self.debug is not None:
@@ -207,8 +212,8 @@ class Machine:
             transports[slot.name] = transport
         return transports
 
-    def _load_kernel(self, heartbeat: bool, extra_cmdline: str,
-                     host_decompression: bool) -> BootLayout:
+    def _load_kernel(self, kernel: bytes, heartbeat: bool, extra_cmdline: str,
+                     host_decompression: bool, inflation: BackgroundInflation | None) -> BootLayout:
         """The EIF's kernel, command line (plus the machine's own parameters, which change
         no PCR) and ramdisks in RAM, the vCPU at the kernel's entry."""
         extra = [slot.cmdline for slot in VIRTIO_SLOTS] + list(MACHINE_CMDLINE)
@@ -217,9 +222,9 @@ class Machine:
         if extra_cmdline:
             extra.append(extra_cmdline)
         cmdline = " ".join([self.image.cmdline.strip()] + extra)
-        return load_linux(self.vcpu, self.ram, self.image.read_kernel(), cmdline,
+        return load_linux(self.vcpu, self.ram, kernel, cmdline,
                           self.image.ramdisks_size, self.image.read_ramdisks_into,
-                          decompress_on_host_first=host_decompression)
+                          decompress_on_host_first=host_decompression, inflation=inflation)
 
     def _between_slices_debugging(self) -> None:
         self.uart.flush()

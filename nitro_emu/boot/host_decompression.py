@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import struct
+import threading
 from dataclasses import dataclass
 
 from board.memory import GuestRam
@@ -122,18 +123,20 @@ def decompressor_output_address(image: BzImage, load_address: int) -> int:
     return header.pref_address
 
 
-def decompress_on_host(image: BzImage, kernel: bytes, cmdline: str, load_address: int,
-                       cpu_has_la57: bool) -> HostDecompressedKernel:
-    """Inflate and check the kernel; raise HostDecompressionUnavailable when only the
-    kernel's own decompressor can boot it as it would boot itself."""
+@dataclass(frozen=True)
+class InflatedKernel:
+    """The payload inflated and its ELF read (misc.c decompress_kernel() and parse_elf()
+    up to the copying)."""
+
+    compression: str
+    vmlinux: Vmlinux
+
+
+def inflate_kernel(image: BzImage, kernel: bytes) -> InflatedKernel:
+    """Find, inflate and parse the bzImage's payload; HostDecompressionUnavailable says
+    why it cannot be (the kernel's own decompressor then gets to try)."""
     header = image.header
-    _check_nothing_to_emulate(header, cmdline, cpu_has_la57)
-    output = decompressor_output_address(image, load_address)
-    if output % MIN_KERNEL_ALIGN or output < LOWEST_RUN_ADDRESS:
-        raise HostDecompressionUnavailable(
-            f"the kernel would run at {output:#x}, which is not 2 MiB aligned above 1 MiB")
-    pm_start = image.protected_mode_offset
-    start = pm_start + header.payload_offset
+    start = image.protected_mode_offset + header.payload_offset
     if not header.payload_offset or not header.payload_length \
             or start + header.payload_length > len(kernel):
         raise HostDecompressionUnavailable(
@@ -141,16 +144,56 @@ def decompress_on_host(image: BzImage, kernel: bytes, cmdline: str, load_address
     payload = memoryview(kernel)[start:start + header.payload_length]
     try:
         compression = compression_of(payload)
-        data = decompress_payload(payload, header.init_size)
-        vmlinux = Vmlinux.parse(data, header.pref_address)
+        vmlinux = Vmlinux.parse(decompress_payload(payload, header.init_size),
+                                header.pref_address)
     except (PayloadError, VmlinuxError) as error:
         raise HostDecompressionUnavailable(str(error)) from None
     if vmlinux.end - header.pref_address > header.init_size:
         raise HostDecompressionUnavailable(
             f"the kernel's segments end {vmlinux.end - header.pref_address:#x} bytes past its "
             f"start, beyond the bzImage's init_size {header.init_size:#x}")
-    virtual_base, kaslr = _choose_virtual_base(image, vmlinux, cmdline, len(data))
-    return HostDecompressedKernel(compression, vmlinux, header.pref_address, output,
+    return InflatedKernel(compression, vmlinux)
+
+
+class BackgroundInflation:
+    """`inflate_kernel` in a worker thread, so that the machine is wired meanwhile (the
+    decompressors release the GIL while they inflate); `result()` waits for it."""
+
+    def __init__(self, image: BzImage, kernel: bytes) -> None:
+        self._outcome: InflatedKernel | BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(image, kernel),
+                                        name="nitro-emu-inflate", daemon=True)
+        self._thread.start()
+
+    def _run(self, image: BzImage, kernel: bytes) -> None:
+        try:
+            self._outcome = inflate_kernel(image, kernel)
+        except BaseException as error:  # handed to the thread that waits for the result
+            self._outcome = error
+
+    def result(self) -> InflatedKernel:
+        self._thread.join()
+        if isinstance(self._outcome, BaseException):
+            raise self._outcome
+        return self._outcome
+
+
+def decompress_on_host(image: BzImage, kernel: bytes, cmdline: str, load_address: int,
+                       cpu_has_la57: bool,
+                       inflation: BackgroundInflation | None = None) -> HostDecompressedKernel:
+    """Inflate (or take `inflation`'s result) and check the kernel, and choose where it
+    goes; raise HostDecompressionUnavailable when only the kernel's own decompressor can
+    boot it as it would boot itself."""
+    header = image.header
+    _check_nothing_to_emulate(header, cmdline, cpu_has_la57)
+    output = decompressor_output_address(image, load_address)
+    if output % MIN_KERNEL_ALIGN or output < LOWEST_RUN_ADDRESS:
+        raise HostDecompressionUnavailable(
+            f"the kernel would run at {output:#x}, which is not 2 MiB aligned above 1 MiB")
+    inflated = inflation.result() if inflation is not None else inflate_kernel(image, kernel)
+    vmlinux = inflated.vmlinux
+    virtual_base, kaslr = _choose_virtual_base(image, vmlinux, cmdline, len(vmlinux.data))
+    return HostDecompressedKernel(inflated.compression, vmlinux, header.pref_address, output,
                                   virtual_base, kaslr)
 
 

@@ -17,7 +17,8 @@ from construct import Int32ul, Int64ul, Struct
 
 from board.memory import GuestRam
 from nitro_emu.boot.bzimage import BadKernelError, BzImage
-from nitro_emu.boot.host_decompression import (HostDecompressionUnavailable, decompress_on_host,
+from nitro_emu.boot.host_decompression import (BackgroundInflation,
+                                               HostDecompressionUnavailable, decompress_on_host,
                                                decompressor_output_address)
 from nitro_emu.cpu.vcpu import Vcpu
 
@@ -73,14 +74,25 @@ def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
             (KERNEL_ADDRESS, ram_size - KERNEL_ADDRESS, E820_RAM)]
 
 
+def start_inflating(kernel: bytes) -> BackgroundInflation | None:
+    """Start inflating the bzImage's kernel in the background, for `load_linux`; None when
+    it is no bzImage (load_linux says what is wrong)."""
+    try:
+        return BackgroundInflation(BzImage.parse(kernel), kernel)
+    except BadKernelError:
+        return None
+
+
 def load_linux(vcpu: Vcpu, ram: GuestRam, kernel: bytes, cmdline: str, initrd_size: int,
                fill_initrd: Callable[[memoryview], object],
-               decompress_on_host_first: bool = True) -> BootLayout:
+               decompress_on_host_first: bool = True,
+               inflation: BackgroundInflation | None = None) -> BootLayout:
     """Load a bzImage, the initrd (`fill_initrd` writes its `initrd_size` bytes into the
     view it is given: guest RAM, no intermediate copy) and point the vCPU at the kernel.
-    With `decompress_on_host_first` the host inflates the kernel and the vCPU starts in
-    the kernel proper; otherwise, or when that cannot be done as the kernel's decompressor
-    would (one log line says why), the vCPU starts in that decompressor."""
+    With `decompress_on_host_first` the host inflates the kernel (or takes `inflation`,
+    started by `start_inflating(kernel)`) and the vCPU starts in the kernel proper;
+    otherwise, or when that cannot be done as the kernel's decompressor would (one log
+    line says why), the vCPU starts in that decompressor."""
     image = BzImage.parse(kernel)
     header = image.header
     payload = memoryview(kernel)[image.protected_mode_offset:]
@@ -101,7 +113,8 @@ def load_linux(vcpu: Vcpu, ram: GuestRam, kernel: bytes, cmdline: str, initrd_si
     if decompress_on_host_first:
         try:
             la57 = bool(vcpu.cpuid.lookup(7, 0)[2] & LA57)
-            host_kernel = decompress_on_host(image, kernel, cmdline, KERNEL_ADDRESS, la57)
+            host_kernel = decompress_on_host(image, kernel, cmdline, KERNEL_ADDRESS, la57,
+                                             inflation)
         except HostDecompressionUnavailable as why:
             reason = str(why)
             log.warning("nitro-emu: booting through the kernel's own decompressor (slower): %s",
