@@ -17,7 +17,7 @@ from construct import Int32ul, Int64ul, Struct
 
 from board.memory import GuestRam
 from nitro_emu.boot.bzimage import BadKernelError, BzImage
-from nitro_emu.boot.host_decompression import (BackgroundInflation,
+from nitro_emu.boot.host_decompression import (BackgroundInflation, HostDecompressedKernel,
                                                HostDecompressionUnavailable, decompress_on_host,
                                                decompressor_output_address)
 from nitro_emu.cpu.vcpu import Vcpu
@@ -111,14 +111,7 @@ def load_linux(vcpu: Vcpu, ram: GuestRam, kernel: bytes, cmdline: str, initrd_si
 
     host_kernel, reason = None, None
     if decompress_on_host_first:
-        try:
-            la57 = bool(vcpu.cpuid.lookup(7, 0)[2] & LA57)
-            host_kernel = decompress_on_host(image, kernel, cmdline, KERNEL_ADDRESS, la57,
-                                             inflation)
-        except HostDecompressionUnavailable as why:
-            reason = str(why)
-            log.warning("nitro-emu: booting through the kernel's own decompressor (slower): %s",
-                        reason)
+        host_kernel, reason = _decompress_on_host(vcpu, image, kernel, cmdline, inflation)
     if host_kernel is None:
         ram.write(KERNEL_ADDRESS, payload)
         entry = KERNEL_ADDRESS + 0x200
@@ -147,6 +140,18 @@ def load_linux(vcpu: Vcpu, ram: GuestRam, kernel: bytes, cmdline: str, initrd_si
     return BootLayout(entry, cmdline, initrd_address, initrd_size,
                       "guest" if host_kernel is None else "host", reason,
                       None if host_kernel is None else host_kernel.compression)
+
+
+def _decompress_on_host(vcpu: Vcpu, image: BzImage, kernel: bytes, cmdline: str,
+                        inflation: BackgroundInflation | None
+                        ) -> tuple[HostDecompressedKernel | None, str | None]:
+    """The kernel inflated on the host, or None and why not (logged)."""
+    try:
+        la57 = bool(vcpu.cpuid.lookup(7, 0)[2] & LA57)
+        return decompress_on_host(image, kernel, cmdline, KERNEL_ADDRESS, la57, inflation), None
+    except HostDecompressionUnavailable as why:
+        log.warning("nitro-emu: booting through the kernel's own decompressor (slower): %s", why)
+        return None, str(why)
 
 
 def boot_params(image: BzImage, initrd_address: int, initrd_size: int,
