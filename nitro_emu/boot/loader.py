@@ -109,17 +109,7 @@ def load_linux(vcpu: Vcpu, ram: GuestRam, kernel: bytes, cmdline: str, initrd_si
             f"kernel command line is {len(cmdline_bytes) - 1} bytes; this kernel accepts "
             f"{header.cmdline_size}")
 
-    host_kernel, reason = None, None
-    if decompress_on_host_first:
-        host_kernel, reason = _decompress_on_host(vcpu, image, kernel, cmdline, inflation)
-    if host_kernel is None:
-        ram.write(KERNEL_ADDRESS, payload)
-        entry = KERNEL_ADDRESS + 0x200
-    else:
-        host_kernel.load_into(ram)
-        entry = host_kernel.entry
     ram.write(CMDLINE_ADDRESS, cmdline_bytes)
-
     initrd_address = 0
     if initrd_size:
         limit = min(ram.size, (header.initrd_addr_max or 0x37FFFFFF) + 1)
@@ -129,12 +119,21 @@ def load_linux(vcpu: Vcpu, ram: GuestRam, kernel: bytes, cmdline: str, initrd_si
                 f"the initrd ({initrd_size >> 20} MiB) does not fit in guest RAM above the "
                 f"kernel; give the machine more memory")
         fill_initrd(ram.view(initrd_address, initrd_size))
-
-    params = boot_params(image, initrd_address, initrd_size, ram.size)
     write_identity_page_tables(ram)
     ram.write(GDT_ADDRESS, struct.pack("<4Q", *_GDT))
-    if host_kernel is not None:
+
+    # Last, so that a background inflation had the time the rest took.
+    host_kernel, reason = None, None
+    if decompress_on_host_first:
+        host_kernel, reason = _decompress_on_host(vcpu, image, kernel, cmdline, inflation)
+    params = boot_params(image, initrd_address, initrd_size, ram.size)
+    if host_kernel is None:
+        ram.write(KERNEL_ADDRESS, payload)
+        entry = KERNEL_ADDRESS + 0x200
+    else:
+        host_kernel.load_into(ram)
         host_kernel.edit_boot_params(params, cmdline, ram)
+        entry = host_kernel.entry
     ram.write(BOOT_PARAMS_ADDRESS, params)
     enter_long_mode(vcpu, entry)
     return BootLayout(entry, cmdline, initrd_address, initrd_size,
