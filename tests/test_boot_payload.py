@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from board.memory import GuestRam
 from nitro_emu.boot.bzimage import BzImage
 from nitro_emu.boot.cmdline import find_option, find_option_bool
-from nitro_emu.boot.host_decompression import (KASLR_FLAG, LOADFLAGS, ACPI_RSDP_ADDR,
-                                               XLOADFLAGS, XLF_MEM_ENCRYPTION,
-                                               HostDecompressionUnavailable, decompress_on_host,
-                                               find_rsdp)
+from nitro_emu.boot.host_decompression import (ACPI_RSDP_ADDR, KASLR_FLAG, LOADFLAGS,
+                                               XLF_MEM_ENCRYPTION, XLOADFLAGS,
+                                               BackgroundInflation, HostDecompressionUnavailable,
+                                               decompress_on_host, find_rsdp)
 from nitro_emu.boot.payload import PayloadError, compression_of, decompress_payload
 from nitro_emu.boot.vmlinux import START_KERNEL_MAP, Vmlinux, VmlinuxError
 from support.kernel_images import COMPRESSORS, bzimage, compress_payloads, elf_image, relocs_table
@@ -328,3 +328,17 @@ def test_command_line_lookups_match_a_word_by_word_reading(words) -> None:
     values = [token[2:] for token in tokens if token.startswith("b=")]
     assert find_option(line, "b") == (values[-1] if values else None)
     assert bool(find_option_bool(line, "nokaslr")) == ("nokaslr" in tokens)
+
+
+def test_a_background_inflation_hands_over_its_kernel_or_its_reason(payloads) -> None:
+    good = bzimage(payloads["gzip"])
+    inflation = BackgroundInflation(BzImage.parse(good), good)
+    assert inflation.result().vmlinux.data == sample_vmlinux()
+    kernel = decompress_on_host(BzImage.parse(good), good, "", 0x100000, False, inflation)
+    assert kernel.entry == LOAD and kernel.compression == "gzip"
+    damaged = bytearray(good)
+    damaged[0x400 + 0x200 + 100:0x400 + 0x200 + 140] = bytes(40)
+    inflation = BackgroundInflation(BzImage.parse(bytes(damaged)), bytes(damaged))
+    with pytest.raises(HostDecompressionUnavailable, match="gzip-compressed kernel"):
+        decompress_on_host(BzImage.parse(bytes(damaged)), bytes(damaged), "", 0x100000, False,
+                           inflation)
