@@ -5,7 +5,6 @@ boot_params. The parsers take untrusted input: malformed bytes give their one er
 and never anything else."""
 from __future__ import annotations
 
-import os
 import random
 import struct
 
