@@ -13,6 +13,7 @@ BENCHMARKS = [
     ["nsm.py"],
     ["eif_describe.py"],
     ["debug.py", "--runs", "5"],
+    ["build_enclave.py"],
 ]
 
 
