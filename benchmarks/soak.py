@@ -104,11 +104,36 @@ def drive(port: int, seed: int, until: float, traffic: Traffic) -> None:
             time.sleep(1)
 
 
-def sample(pid: int) -> tuple[int, int]:
-    """(RSS in KiB, open file descriptors) of a process."""
+GUEST_RAM_KIB = 512 * 1024   # the machine's default --memory
+
+
+def resident_parts(pid: int) -> tuple[int, int]:
+    """KiB resident in (the guest RAM mapping, TCG's translated-code buffer: the one rwx
+    mapping). Guest RAM grows as the guest's allocator reaches fresh pages, up to
+    --memory; the code buffer grows as TCG translates, up to vcpu.TCG_BUFFER_BYTES, then
+    is flushed. Neither is the emulator's own heap."""
+    guest = code = 0
+    size, perms = None, ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if fields and "-" in fields[0] and len(fields) >= 2 and len(fields[1]) == 4:
+            perms = fields[1]
+        elif line.startswith("Size:"):
+            size = int(fields[1])
+        elif line.startswith("Rss:"):
+            if size == GUEST_RAM_KIB:
+                guest += int(fields[1])
+            elif perms == "rwxp":
+                code += int(fields[1])
+    return guest, code
+
+
+def sample(pid: int) -> tuple[int, int, int, int]:
+    """(RSS, guest RAM part, translated-code part, all in KiB; open descriptors)."""
     status = Path(f"/proc/{pid}/status").read_text()
     rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    guest, code = resident_parts(pid)
+    return rss, guest, code, len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def wait_for_echo(port: int, process: subprocess.Popen, limit: float = 120) -> None:
@@ -170,18 +195,18 @@ def main() -> int:
                for i, (_, port, _) in enumerate(enclaves)]
     for thread in threads:
         thread.start()
-    series: list[list[tuple[int, int]]] = [[] for _ in enclaves]
+    series: list[list[tuple[int, int, int, int]]] = [[] for _ in enclaves]
     next_sample = started
     while time.monotonic() < until:
         if time.monotonic() >= next_sample:
             for i, (process, _, _) in enumerate(enclaves):
-                series[i].append(sample(process.pid) if process.poll() is None else (0, 0))
+                series[i].append(sample(process.pid) if process.poll() is None else (0, 0, 0, 0))
             next_sample += 60
         time.sleep(1)
     for thread in threads:
         thread.join()
     for i, (process, _, _) in enumerate(enclaves):
-        series[i].append(sample(process.pid) if process.poll() is None else (0, 0))
+        series[i].append(sample(process.pid) if process.poll() is None else (0, 0, 0, 0))
     exits = []
     for process, _, console in enclaves:
         process.send_signal(signal.SIGINT)
@@ -194,13 +219,19 @@ def main() -> int:
     for i, t in enumerate(traffic):
         count, problems = check_documents((work / f"console-{i}.log").read_bytes(), roots)
         total_errors += len(t.errors) + len(problems)
-        rss = " ".join(f"{r // 1024}" for r, _ in series[i])
-        fds = " ".join(f"{f}" for _, f in series[i])
+        rss = " ".join(f"{r // 1024}" for r, _, _, _ in series[i])
+        guest = " ".join(f"{g // 1024}" for _, g, _, _ in series[i])
+        code = " ".join(f"{c // 1024}" for _, _, c, _ in series[i])
+        own = " ".join(f"{(r - g - c) // 1024}" for r, g, c, _ in series[i])
+        fds = " ".join(f"{f}" for _, _, _, f in series[i])
         print(f"enclave {i}: {t.bytes_checked / 2**20:.1f} MiB echoed and checked over "
               f"{t.connections} connections ({t.aborted} aborted on purpose); "
               f"{count} attestation documents ({count / elapsed:.2f}/s), "
               f"{len(problems)} bad; {len(t.errors)} echo errors; exit status {exits[i]}")
         print(f"  RSS MiB per minute: {rss}")
+        print(f"    guest RAM touched by the guest: {guest}")
+        print(f"    translated code (bounded, flushed when full): {code}")
+        print(f"    the rest (the emulator's own): {own}")
         print(f"  open fds per minute: {fds}")
         for problem in (t.errors + problems)[:5]:
             print(f"  error: {problem}")

@@ -13,24 +13,27 @@ class ConsoleLog:
     """Receives UART output in chunks; forwards, records, and spots panics."""
 
     def __init__(self, sink: BinaryIO | Callable[[bytes], None],
-                 on_panic: Callable[[str], None] | None = None) -> None:
+                 on_panic: Callable[[str], None] | None = None,
+                 transcript_limit: int = TRANSCRIPT_LIMIT) -> None:
         if callable(sink) and not hasattr(sink, "write"):
             self._write, self._flush = sink, lambda: None
         else:
             self._write, self._flush = sink.write, sink.flush
         self._chunks: list[bytes] = []
         self._size = 0
+        self._limit = transcript_limit
         self._tail = b""
         self.panic_line: str | None = None
         self.on_panic = on_panic
 
     def write(self, data: bytes) -> None:
         self._write(data)
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size > TRANSCRIPT_LIMIT:
-            joined = b"".join(self._chunks)[-TRANSCRIPT_LIMIT // 2:]
-            self._chunks, self._size = [joined], len(joined)
+        if self._limit:
+            self._chunks.append(data)
+            self._size += len(data)
+            if self._size > self._limit:
+                joined = b"".join(self._chunks)[-self._limit // 2:]
+                self._chunks, self._size = [joined], len(joined)
         if self.panic_line is None:
             window = self._tail + data
             index = window.find(PANIC_MARKER)

@@ -25,7 +25,7 @@ from eif import EifImage, read_eif
 from nitro_emu.attestation.factory import create_nsm_device
 from nitro_emu.boot.host_decompression import BackgroundInflation
 from nitro_emu.boot.loader import BootLayout, load_linux, start_inflating
-from nitro_emu.console import ConsoleLog
+from nitro_emu.console import TRANSCRIPT_LIMIT, ConsoleLog
 from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz, start_measuring_host_tsc
 from nitro_emu.cpu.vcpu import Vcpu
 from nitro_emu.debug.config import DebugConfig
@@ -84,7 +84,9 @@ class Machine:
     """An emulated Nitro Enclave booting one EIF.
 
     `console` receives the guest's serial output (a binary stream or a callable taking
-    bytes; default: this process's stdout). The transcript is kept in `console_output`.
+    bytes; default: this process's stdout). The transcript is kept in `console_output`
+    (up to 16 MiB; `keep_transcript=False` keeps none, for long runs whose console goes
+    somewhere already).
     `vsock` configures the parent side (forwarding, publishing; `devices.vsock`); with its
     `heartbeat` off the parent does not answer the boot heartbeat and the guest's init is
     told (on the kernel command line) to skip it. `module_id` is the NSM's module id (the
@@ -104,7 +106,7 @@ class Machine:
                  state_dir: str | os.PathLike | None = None,
                  module_id: str | None = None,
                  debug: DebugConfig | None = None,
-                 host_decompression: bool = True) -> None:
+                 host_decompression: bool = True, keep_transcript: bool = True) -> None:
         try:
             check_guest_cid(guest_cid)
             check_memory_mib(memory_mib)
@@ -121,7 +123,8 @@ class Machine:
         self.debug_mode = debug_mode
         self._end: RunResult | None = None
         self.console = ConsoleLog(console if console is not None else sys.stdout.buffer,
-                                  on_panic=lambda line: self._finish("panic", line, ok=False))
+                                  on_panic=lambda line: self._finish("panic", line, ok=False),
+                                  transcript_limit=TRANSCRIPT_LIMIT if keep_transcript else 0)
         self.clock = VirtualClock()
         self.reactor = HostReactor()
         self.ram = GuestRam(memory_mib << 20)

@@ -275,3 +275,18 @@ def test_stop_ends_an_idle_guest_at_once(state_dir) -> None:
     assert result.reason == "stopped"
     # The loop left its wait before the guest's next timer would have woken it.
     assert next_timer[0] is None or ended < next_timer[0], (ended, next_timer)
+
+
+@pytest.mark.guest
+def test_a_small_translation_cache_is_flushed_and_refilled_without_harm(
+        boot, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The translated-code cache is bounded (vcpu.TCG_BUFFER_BYTES) so a long-running
+    enclave's memory stays flat; when it fills, TCG drops every block and translates
+    afresh. With a 2 MiB cache a boot does that many times and must still reach init."""
+    from nitro_emu.cpu import vcpu
+
+    monkeypatch.setattr(vcpu, "TCG_BUFFER_BYTES", 2 << 20)
+    run = boot("attest.eif", timeout=900)
+    assert run.machine.vcpu.uc.ctl_get_tcg_buffer_size() == 2 << 20
+    assert run.result.ok, run.result.message
+    assert "-----END ATTESTATION DOCUMENT-----" in run.console

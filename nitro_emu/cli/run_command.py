@@ -101,7 +101,8 @@ def main(argv: list[str]) -> int:
     with StopSignals() as stop:
         machine = Machine(args.eif, guest_cid=args.guest_cid, memory_mib=args.memory,
                           debug_mode=args.debug_mode, parent_role=args.parent_role,
-                          parent_id=args.parent_id, vsock=vsock, debug=debug)
+                          parent_id=args.parent_id, vsock=vsock, debug=debug,
+                          keep_transcript=False)   # the console is on the terminal
         result, terminal, note, report = None, None, "", []
         try:
             stop.connect(machine.stop)

@@ -123,7 +123,8 @@ class EnclaveProcess:
                        debug_mode=record.debug_mode, console=console, vsock=vsock,
                        parent_role=record.parent_role, parent_id=record.parent_id,
                        state_dir=self.store.root.parent, module_id=record.enclave_id,
-                       debug=self.debug_config(record))
+                       debug=self.debug_config(record),
+                       keep_transcript=False)   # console.log has it (debug mode)
 
     def debug_config(self, record: EnclaveRecord):
         """The DebugConfig the record asks for (None for none); the stub's messages go to
