@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import os
 import socket
 import subprocess
 import sys
@@ -156,17 +157,52 @@ def test_quoted_bytes_are_printable_ascii(data: bytes, truncated: bool) -> None:
 @pytest.mark.guest
 def test_a_busy_gdb_port_or_an_unwritable_trace_file_is_one_line(tmp_path: Path) -> None:
     busy = socket.create_server(("127.0.0.1", 0))
+    fifo = tmp_path / "unread.fifo"
+    os.mkfifo(fifo)
     cases = [(["--gdb", f"127.0.0.1:{busy.getsockname()[1]}"],
               f"gdb stub: cannot listen on 127.0.0.1:{busy.getsockname()[1]}: Address already in use"),
              (["--trace", "io", "--trace-file", str(tmp_path / "no" / "such" / "dir")],
-              "No such file or directory")]
+              "No such file or directory"),
+             # opening a FIFO nobody reads would wait for ever (and signals only set flags)
+             (["--trace", "io", "--trace-file", str(fifo)], "a FIFO that nothing reads yet"),
+             (["--trace", "io", "--trace-file", str(tmp_path)], "Is a directory")]
     try:
         for options, message in cases:
             completed = subprocess.run([sys.executable, "-m", "nitro_emu",
                                         str(guest_image("hello.eif")), "--guest-cid", "16",
-                                        *options], capture_output=True, text=True, cwd=ROOT)
+                                        *options], capture_output=True, text=True, cwd=ROOT,
+                                       timeout=120)
             assert completed.returncode == 1
             assert completed.stderr.startswith("nitro-emu: error: ") and message in completed.stderr
             assert len(completed.stderr.strip().splitlines()) == 1
     finally:
         busy.close()
+
+
+@pytest.mark.guest
+def test_a_trace_can_be_followed_live_through_a_fifo(tmp_path: Path) -> None:
+    import threading
+    import time
+    fifo = tmp_path / "trace.fifo"
+    os.mkfifo(fifo)
+    lines: list[str] = []
+    native_id: list[int] = []
+
+    def follow() -> None:
+        native_id.append(threading.get_native_id())
+        with open(fifo, encoding="utf-8") as stream:     # waits in open() for the writer
+            lines.extend(stream)
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 60
+    while not native_id or Path(f"/proc/self/task/{native_id[0]}/wchan").read_text() \
+            != "wait_for_partner":   # the reader waits in open(): the FIFO has a reader
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    completed = subprocess.run([sys.executable, "-m", "nitro_emu", str(guest_image("hello.eif")),
+                                "--guest-cid", "16", "--trace", "syscalls", "--trace-file",
+                                str(fifo)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    reader.join(30)
+    assert completed.returncode == 0, completed.stderr
+    assert any('write(1, "Hello from the enclave side!' in line for line in lines), lines[-5:]

@@ -2,6 +2,9 @@
 the event trace, wired in by `Machine(..., debug=DebugConfig(...))`."""
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import sys
 from typing import Callable, TextIO
 
@@ -12,6 +15,26 @@ from nitro_emu.cpu.vcpu import Vcpu
 from nitro_emu.debug.config import DebugConfig, DebugError
 from nitro_emu.debug.gdbstub import GdbStub
 from nitro_emu.debug.target import MachineTarget
+
+
+def open_trace_file(path: str | os.PathLike) -> TextIO:
+    """The trace's stream: a regular file (created or emptied), or a FIFO or character
+    device to follow the trace live (`mkfifo`, /dev/stderr). Never waits: a FIFO nobody
+    reads yet is refused (opening it would block until a reader came), as are
+    directories and block devices."""
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK
+                             | os.O_CLOEXEC, 0o666)
+    except OSError as error:
+        reason = "a FIFO that nothing reads yet" if error.errno == errno.ENXIO \
+            else error.strerror or str(error)
+        raise DebugError(f"trace file {path}: {reason}") from None
+    mode = os.fstat(descriptor).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+        os.close(descriptor)
+        raise DebugError(f"trace file {path}: not a regular file, FIFO or terminal")
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "w", encoding="utf-8")
 
 
 class DebugSession:
@@ -28,11 +51,7 @@ class DebugSession:
             if config.trace_file is None:
                 out = sys.stderr
             else:
-                try:
-                    out = self._trace_out = open(config.trace_file, "w", encoding="utf-8")
-                except OSError as error:
-                    raise DebugError(f"trace file {config.trace_file}: "
-                                     f"{error.strerror or error}") from None
+                out = self._trace_out = open_trace_file(config.trace_file)
             self.tracer = Tracer(config.trace, out)
 
     def ports(self, read: Callable[[int, int], int], write: Callable[[int, int, int], None]
