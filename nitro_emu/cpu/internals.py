@@ -412,6 +412,24 @@ def _exec_interrupt_slot(table: bytes, original: int) -> int:
     return _exec_interrupt_slot_offset
 
 
+def _cpu_class_and_exec_slot(internals: CpuInternals) -> tuple[int, int]:
+    """The CPU class of this instance and the offset of cpu_exec_interrupt in it."""
+    reader = _SafeReader()
+    try:
+        exception_index = find_exception_index_offset()
+        if reader.u64(internals.cpu + exception_index + 8) != internals.uc_handle:
+            raise UnsupportedUnicornError(
+                "unexpected Unicorn CPU layout: no uc pointer after exception_index")
+        cpu_class = reader.u64(internals.cpu + exception_index + 16)
+        table = reader.read(cpu_class, 1024) if cpu_class else None
+    finally:
+        reader.close()
+    if table is None:
+        raise UnsupportedUnicornError("cannot read Unicorn's CPU class")
+    original = ctypes.cast(_library().x86_cpu_exec_interrupt_x86_64, ctypes.c_void_p).value
+    return cpu_class, _exec_interrupt_slot(table, original)
+
+
 class ExecInterruptRoute:
     """One CPU's `cpu_exec_interrupt` routed to a Python handler, with typed access to the
     two fields that make the CPU call it: `interrupt_request` and the high half of
@@ -420,19 +438,10 @@ class ExecInterruptRoute:
     def __init__(self, internals: CpuInternals, handler: Callable[[int], bool]) -> None:
         global _original_exec_interrupt
         cpu = internals.cpu
-        exception_index = find_exception_index_offset()
+        cpu_class, slot = _cpu_class_and_exec_slot(internals)
+        original = ctypes.cast(_library().x86_cpu_exec_interrupt_x86_64, ctypes.c_void_p).value
         reader = _SafeReader()
         try:
-            if reader.u64(cpu + exception_index + 8) != internals.uc_handle:
-                raise UnsupportedUnicornError(
-                    "unexpected Unicorn CPU layout: no uc pointer after exception_index")
-            cpu_class = reader.u64(cpu + exception_index + 16)
-            original = ctypes.cast(_library().x86_cpu_exec_interrupt_x86_64,
-                                   ctypes.c_void_p).value
-            table = reader.read(cpu_class, 1024) if cpu_class else None
-            if table is None:
-                raise UnsupportedUnicornError("cannot read Unicorn's CPU class")
-            slot = _exec_interrupt_slot(table, original)
             if reader.read(cpu + INTERRUPT_REQUEST_OFFSET - 4, 4) != b"\xff\xff\xff\xff":
                 raise UnsupportedUnicornError(
                     "unexpected Unicorn CPU layout: interrupt_request is not where expected")
@@ -473,24 +482,6 @@ def _dispatch_debug_exception(cpu: int) -> None:
 
 _DEBUG_DISPATCH = _DEBUG_EXCP(_dispatch_debug_exception)  # kept alive for the process
 _DEBUG_DISPATCH_ADDRESS = ctypes.cast(_DEBUG_DISPATCH, ctypes.c_void_p).value
-
-
-def _cpu_class_and_exec_slot(internals: CpuInternals) -> tuple[int, int]:
-    """The CPU class of this instance and the offset of cpu_exec_interrupt in it."""
-    reader = _SafeReader()
-    try:
-        exception_index = find_exception_index_offset()
-        if reader.u64(internals.cpu + exception_index + 8) != internals.uc_handle:
-            raise UnsupportedUnicornError(
-                "unexpected Unicorn CPU layout: no uc pointer after exception_index")
-        cpu_class = reader.u64(internals.cpu + exception_index + 16)
-        table = reader.read(cpu_class, 1024) if cpu_class else None
-    finally:
-        reader.close()
-    if table is None:
-        raise UnsupportedUnicornError("cannot read Unicorn's CPU class")
-    original = ctypes.cast(_library().x86_cpu_exec_interrupt_x86_64, ctypes.c_void_p).value
-    return cpu_class, _exec_interrupt_slot(table, original)
 
 
 class DebugSupport:
