@@ -7,12 +7,10 @@ from __future__ import annotations
 import argparse
 
 from eif.errors import FileError
-from eif.files import MIB, InputKind, open_input, write_output
+from eif.files import open_input, write_output
 from nitro_emu.debug.config import DEFAULT_GDB_HOST, DebugConfig, parse_gdb_address
+from nitro_emu.debug.symbols import SYSTEM_MAP
 from nitro_emu.errors import UsageError
-
-SYSTEM_MAP = InputKind("System.map", 256 * MIB)   # a distribution kernel's is about 6 MiB
-
 
 def check_system_map(path: str) -> None:
     """FileError unless `path` is a regular file a System.map could be (eif.files)."""

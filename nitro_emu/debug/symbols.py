@@ -8,6 +8,11 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from eif.errors import FileError
+from eif.files import MIB, InputKind, open_input
+
+# A user-named input (eif.files): a distribution kernel's System.map is about 6 MiB.
+SYSTEM_MAP = InputKind("System.map", 256 * MIB)
 BANNER = b"Linux version "
 _TEXT_TYPES = frozenset("tTwW")
 _KASLR_ALIGN = 0x200000       # CONFIG_PHYSICAL_ALIGN: the kernel moves in 2 MiB steps
@@ -30,17 +35,22 @@ class SystemMap:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SystemMap:
-        """Read a System.map; SymbolError when it has no symbol lines at all."""
+        """Read a System.map (a regular file within SYSTEM_MAP's limit); SymbolError when
+        it cannot be read or has no symbol lines at all."""
         symbols = []
-        with open(path, encoding="utf-8", errors="replace") as file:
-            for line in file:
-                parts = line.split()
-                if len(parts) != 3 or len(parts[1]) != 1:
-                    continue
-                try:
-                    symbols.append((int(parts[0], 16), parts[1], parts[2]))
-                except ValueError:
-                    continue
+        try:
+            with open_input(path, SYSTEM_MAP) as file:
+                text = file.read_all().decode("utf-8", "replace")
+        except FileError as error:
+            raise SymbolError(str(error)) from None
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) != 3 or len(parts[1]) != 1:
+                continue
+            try:
+                symbols.append((int(parts[0], 16), parts[1], parts[2]))
+            except ValueError:
+                continue
         if not symbols:
             raise SymbolError(f"{path}: not a System.map (no 'address type name' lines)")
         return cls(symbols, str(path))
