@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from eif.errors import FileError
+from eif.files import KIB, MIB, InputKind, read_input
 from nitro_emu.container.errors import ContainerError
 
+CMDLINE = InputKind("blobs cmdline", 64 * KIB)
+KERNEL_CONFIG = InputKind("kernel config", 4 * MIB)
 REQUIRED = ("bzImage", "init", "cmdline")
 NITRO_CLI_DEFAULT = "/usr/share/nitro_enclaves/blobs"
 SOURCE_TREE_BLOBS = Path(__file__).resolve().parents[2] / "build" / "guest" / "blobs"
@@ -39,12 +43,12 @@ class EnclaveBlobs:
         line = ""
         if self.kernel_config:
             try:
-                with open(self.kernel_config, encoding="utf-8", errors="replace") as file:
-                    for _ in range(3):
-                        line = file.readline()
-            except OSError:
+                lines = read_input(self.kernel_config, KERNEL_CONFIG).decode(
+                    "utf-8", "replace").splitlines()
+                line = lines[2] if len(lines) > 2 else ""
+            except FileError:
                 line = ""
-        words = line.rstrip("\n").replace("/", " ").replace("-", " ").split(" ")
+        words = line.replace("/", " ").replace("-", " ").split(" ")
         return (words[1] if len(words) > 1 else UNKNOWN,
                 words[3] if len(words) > 3 else UNKNOWN)
 
@@ -56,9 +60,8 @@ def load_blobs(directory: str) -> EnclaveBlobs:
         raise ContainerError(f"blobs directory {directory}: {', '.join(missing)} missing; "
                              + HOW_TO_GET)
     try:
-        with open(os.path.join(directory, "cmdline"), encoding="utf-8") as file:
-            cmdline = file.read(1 << 16).strip()
-    except (OSError, UnicodeDecodeError) as error:
+        cmdline = read_input(os.path.join(directory, "cmdline"), CMDLINE).decode().strip()
+    except (FileError, UnicodeDecodeError) as error:
         raise ContainerError(f"{directory}/cmdline: unreadable ({error})") from None
 
     def optional(name: str) -> str | None:
