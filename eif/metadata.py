@@ -160,9 +160,6 @@ def parse_metadata(data: bytes, where: str) -> Metadata | None:
     )
 
 
-MAX_CUSTOM_METADATA = files.CUSTOM_METADATA_LIMIT  # nitro-cli's limit on the --metadata file
-
-
 def load_custom_metadata_file(path: str | os.PathLike) -> object:
     """Read a `--metadata` JSON file as nitro-cli does (regular file, <= 4096 bytes)."""
     data = files.read_input(path, files.CUSTOM_METADATA)

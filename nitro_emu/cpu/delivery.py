@@ -18,7 +18,8 @@ from board.memory import GuestRam
 from nitro_emu.cpu.internals import CpuInternals
 
 GP, NP, TS, SS_FAULT, PF, DF = 13, 11, 10, 12, 14, 8
-_ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
+# The vectors whose delivery pushes an error code (QEMU's exception_has_error_code).
+ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17))
 _CONTRIBUTORY = frozenset((0, 10, 11, 12, 13))
 
 HF_LMA = 1 << 14
@@ -167,7 +168,7 @@ class ExceptionDelivery:
         else:
             rsp = self._cpu.regs[4]
         rsp &= ~0xF
-        frame = 48 if (not is_int and not is_hw and vector in _ERROR_CODE_VECTORS) else 40
+        frame = 48 if (not is_int and not is_hw and vector in ERROR_CODE_VECTORS) else 40
         self._read(rsp - frame, frame, True, fault_vector=SS_FAULT)
 
     def _descriptor_high(self, selector: int) -> int | None:

@@ -16,11 +16,10 @@ from typing import Callable
 import unicorn
 from unicorn import x86_const as x86
 
-from nitro_emu.cpu.delivery import ExceptionDelivery
+from nitro_emu.cpu.delivery import ERROR_CODE_VECTORS, ExceptionDelivery
 from nitro_emu.cpu.internals import DeviceAccessPc
 from nitro_emu.cpu.vcpu import Vcpu
 
-_ERROR_CODE_VECTORS = frozenset((8, 10, 11, 12, 13, 14, 17, 21))
 _PAGE_FAULT = 14
 _SYSCALL_LENGTH = 2
 SYSCALL_REGISTERS = ("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9")
@@ -136,7 +135,7 @@ class _TappedDelivery:
 
     def _report(self, vector: int, software: bool, rip: int, error_code: int) -> None:
         internals = self._internals
-        has_code = not software and vector in _ERROR_CODE_VECTORS
+        has_code = not software and vector in ERROR_CODE_VECTORS
         self._on_exception(ExceptionEvent(
             rip, internals.hflags.value & 3, vector, software,
             error_code & 0xFFFFFFFF if has_code else None,

@@ -11,7 +11,8 @@ from unicorn import x86_const as x86
 from nitro_emu.cpu.cpuid import CpuidModel
 from nitro_emu.cpu.delivery import ExceptionDelivery, TripleFault
 from nitro_emu.cpu.fastpath import NativeHooks, load_library
-from nitro_emu.cpu.internals import CpuInternals, R_CS, R_SS, disable_mid_instruction_exits
+from nitro_emu.cpu.internals import (EFER_MSR, R_CS, R_SS, CpuInternals,
+                                     disable_mid_instruction_exits)
 from nitro_emu.cpu.interrupt_window import InterruptWindow
 from nitro_emu.errors import NitroEmuError
 from board.interfaces import MmioDevice
@@ -34,7 +35,7 @@ _UD = 6
 FLAT_CODE64_FLAGS = (1 << 23) | (1 << 15) | (1 << 12) | (0xB << 8) | (1 << 21)  # G P S code/R/A L
 FLAT_DATA_FLAGS = (1 << 23) | (1 << 22) | (1 << 15) | (1 << 12) | (0x3 << 8)  # G B P S data/W/A
 _SEGMENT_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
-_EFER_MSR = 0xC0000080
+KERNEL_GS_BASE_MSR = 0xC0000102
 _TABLE_REGISTERS = ("gdtr", "idtr", "ldtr", "tr")
 _SIZE_MASK = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
 
@@ -152,7 +153,7 @@ class Vcpu:
         uc.reg_write(x86.UC_X86_REG_GDTR, (0, gdt_base, gdt_limit, 0))
         uc.reg_write(x86.UC_X86_REG_CR4, 0x20)  # PAE
         uc.reg_write(x86.UC_X86_REG_CR3, cr3)
-        uc.msr_write(_EFER_MSR, 0x500)  # LME | LMA
+        uc.msr_write(EFER_MSR, 0x500)  # LME | LMA
         uc.reg_write(x86.UC_X86_REG_CR0, 0x80000031)  # PG | NE | ET | PE
         internals.load_flat_segment(R_CS, code_selector, FLAT_CODE64_FLAGS)
         for name in ("es", "ss", "ds", "fs", "gs"):

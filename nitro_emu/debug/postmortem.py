@@ -8,8 +8,9 @@ import os
 from typing import Callable
 
 from nitro_emu.cpu.debugging import VirtualMemory
-from nitro_emu.cpu.vcpu import Vcpu
+from nitro_emu.cpu.vcpu import EFER_MSR, KERNEL_GS_BASE_MSR, Vcpu
 from nitro_emu.debug.disasm import around
+from nitro_emu.debug.registers import EFLAGS_BITS
 from nitro_emu.debug.symbols import SymbolError, SystemMap, find_slide
 from nitro_emu.debug.unwind import backtrace
 
@@ -20,13 +21,10 @@ _GENERAL = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp",
             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 _SEGMENTS = ("cs", "ss", "ds", "es", "fs", "gs")
 _SYSTEM = ("cr0", "cr2", "cr3", "cr4")
-_FLAGS = (("CF", 0), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7), ("TF", 8), ("IF", 9),
-          ("DF", 10), ("OF", 11), ("NT", 14), ("RF", 16), ("AC", 18), ("ID", 21))
-_EFER_MSR, _KERNEL_GS_BASE_MSR = 0xC0000080, 0xC0000102
 
 
 def _rflags_text(value: int) -> str:
-    names = [name for name, bit in _FLAGS if value >> bit & 1]
+    names = [name for name, bit in EFLAGS_BITS if name and value >> bit & 1]
     return f"{value:#x} [{' '.join(names)}]"
 
 
@@ -42,8 +40,8 @@ class PostMortem:
         vcpu = self._vcpu
         values = {name: vcpu.read_register(name) for name in
                   _GENERAL + ("rip", "rflags") + _SEGMENTS + _SYSTEM + ("fs_base", "gs_base")}
-        values["efer"] = vcpu.read_msr(_EFER_MSR)
-        values["k_gs_base"] = vcpu.read_msr(_KERNEL_GS_BASE_MSR)
+        values["efer"] = vcpu.read_msr(EFER_MSR)
+        values["k_gs_base"] = vcpu.read_msr(KERNEL_GS_BASE_MSR)
         values["cpl"] = vcpu.cpl
         return values
 

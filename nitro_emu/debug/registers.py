@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nitro_emu.cpu.vcpu import Vcpu
+from nitro_emu.cpu.vcpu import EFER_MSR, KERNEL_GS_BASE_MSR, Vcpu
 
-_EFER_MSR, _KERNEL_GS_BASE_MSR = 0xC0000080, 0xC0000102
 _SEGMENTS = ("cs", "ss", "ds", "es", "fs", "gs")
 # GDB's x87 control registers -> Unicorn's names
 _X87 = {"fctrl": "fpcw", "fstat": "fpsw", "ftag": "fptag", "fiseg": "fcs", "fioff": "fip",
@@ -63,7 +62,7 @@ REGISTERS: tuple[Register, ...] = tuple(
                                                    "k_gs_base")]))
 NUMBERS = {register.name: number for number, register in enumerate(REGISTERS)}
 
-_EFLAGS = ("CF", 0), ("", 1), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7), ("TF", 8), \
+EFLAGS_BITS = ("CF", 0), ("", 1), ("PF", 2), ("AF", 4), ("ZF", 6), ("SF", 7), ("TF", 8), \
     ("IF", 9), ("DF", 10), ("OF", 11), ("NT", 14), ("RF", 16), ("VM", 17), ("AC", 18), \
     ("VIF", 19), ("VIP", 20), ("ID", 21)
 _MXCSR = ("IE", 0), ("DE", 1), ("ZE", 2), ("OE", 3), ("UE", 4), ("PE", 5), ("DAZ", 6), \
@@ -96,7 +95,7 @@ def _flags(name: str, fields: tuple[tuple[str, int], ...]) -> str:
 
 def target_xml() -> str:
     """The target description GDB reads with qXfer:features:read:target.xml."""
-    types = {CORE: _flags("i386_eflags", _EFLAGS),
+    types = {CORE: _flags("i386_eflags", EFLAGS_BITS),
              "org.gnu.gdb.i386.sse": _VEC128 + _flags("i386_mxcsr", _MXCSR)}
     parts = ['<?xml version="1.0"?>', '<!DOCTYPE target SYSTEM "gdb-target.dtd">',
              '<target version="1.0">', "  <architecture>i386:x86-64</architecture>"]
@@ -164,9 +163,9 @@ class RegisterFile:
         if name in _X87:
             return vcpu.read_register(_X87[name])
         if name == "efer":
-            return vcpu.read_msr(_EFER_MSR)
+            return vcpu.read_msr(EFER_MSR)
         if name == "k_gs_base":
-            return vcpu.read_msr(_KERNEL_GS_BASE_MSR)
+            return vcpu.read_msr(KERNEL_GS_BASE_MSR)
         value = vcpu.read_register(name)
         return value & 0xFFFFFFFF if name == "eflags" else value
 
@@ -182,10 +181,8 @@ class RegisterFile:
                                 (value & (1 << 64) - 1, value >> 64))
         elif name in _X87:
             vcpu.write_register(_X87[name], value if name in _X87_64BIT else value & 0xFFFF)
-        elif name == "efer":
-            vcpu.write_msr(_EFER_MSR, value)
-        elif name == "k_gs_base":
-            vcpu.write_msr(_KERNEL_GS_BASE_MSR, value)
+        elif name == "k_gs_base":        # (efer is a mode register: refused above)
+            vcpu.write_msr(KERNEL_GS_BASE_MSR, value)
         else:
             vcpu.write_register(name, value)
 
