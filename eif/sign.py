@@ -6,6 +6,7 @@ it, then renamed; a symlink is written through).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 from typing import BinaryIO
@@ -17,7 +18,7 @@ from eif.files import atomic_output
 from eif.layout import HEADER_SIZE, SECTION_HEADER_SIZE, SectionType
 from eif.pcr import Measurements
 from eif.reader import EifImage, read_eif
-from eif.signature import sign_pcr0
+from eif.signature import pcr8_from_certificate, sign_pcr0
 
 COPY_CHUNK = 1 << 20
 FIRST_SIGNED_VERSION = 3
@@ -42,7 +43,8 @@ def sign_eif(path: str | os.PathLike, signing_certificate: str | os.PathLike,
         raise SigningError(str(error)) from None
     with atomic_output(path, "EIF") as out, image.open_unchanged() as source:
         _rewrite(image, source, out, signature)
-    return read_eif(path).measurements
+    # PCR0-2 measure the sections, which are copied unchanged: only PCR8 is new.
+    return dataclasses.replace(image.measurements, pcr8=pcr8_from_certificate(pem))
 
 
 def _rewrite(image: EifImage, source: BinaryIO, out: BinaryIO, signature: bytes) -> None:
