@@ -263,7 +263,7 @@ class Machine:
         result.stats = dict(self.vcpu.counters, slices=self.loop.stats.slices,
                             halts=self.loop.stats.halts,
                             idle_rounds=self.loop.stats.idle_rounds,
-                            skipped_ms=self.loop.stats.skipped_ns // 1_000_000)
+                            skipped_ms=self.clock.skipped_ns // 1_000_000)
         if self.debug is not None:
             self.debug.machine_ended(result.reason, result.ok)
         return result

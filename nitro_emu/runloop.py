@@ -28,7 +28,6 @@ class LoopStats:
     slices: int = 0
     halts: int = 0
     idle_rounds: int = 0    # passes of the idle wait: timers, host I/O, skips
-    skipped_ns: int = 0
 
 
 class RunLoop:
@@ -117,7 +116,6 @@ class RunLoop:
             if self._idle_skip_allowed() and deadline is not None and not silent_too_long \
                     and lead_left > 0:
                 skipped = clock.skip(min(deadline - clock.now_ns(), lead_left))
-                self.stats.skipped_ns += skipped
                 self._vcpu.advance_tsc(skipped)
                 continue
             timeout = None if deadline is None else max(0.0, (deadline - clock.now_ns()) / 1e9)
