@@ -12,8 +12,11 @@ import json
 import os
 import stat
 import tarfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from guest.env import SOURCE_DATE_EPOCH
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -21,8 +24,8 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 LAYER_TYPES = {None: "application/vnd.oci.image.layer.v1.tar",
                "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
                "zstd": "application/vnd.oci.image.layer.v1.tar+zstd"}
-CREATED = "2024-01-01T00:00:00Z"
-MTIME = 1704067200
+MTIME = SOURCE_DATE_EPOCH
+CREATED = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(SOURCE_DATE_EPOCH))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--metadata", help="JSON file of custom metadata (<= 4096 bytes)")
     parser.add_argument("--blobs", help="nitro-cli blobs directory (bzImage, init, cmdline, "
                                         "nsm.ko)")
-    args = parser.parse_args(argv[1:] if argv and argv[0] == "build-enclave" else argv)
+    args = parser.parse_args(argv[1:])     # argv[0] is the verb (both dispatchers pass it)
     if (args.signing_certificate is None) != (args.private_key is None):
         raise UsageError("nitro-emu build-enclave: --signing-certificate and --private-key "
                          "go together")
