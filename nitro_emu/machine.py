@@ -117,8 +117,9 @@ class Machine:
         self.image = self._read_image(eif)
         self.debug = self._debug_session(debug)
         kernel = self.image.read_kernel()
+        cmdline = self._kernel_cmdline(vsock.heartbeat, extra_cmdline)
         # Inflated in a worker thread while the rest of the machine is wired.
-        inflation = start_inflating(kernel) if host_decompression else None
+        inflation = start_inflating(kernel, cmdline) if host_decompression else None
         self.guest_cid = guest_cid
         self.debug_mode = debug_mode
         self._end: RunResult | None = None
@@ -135,8 +136,7 @@ class Machine:
         self.vsock = VsockDevice(guest_cid, self.reactor, self.clock, vsock)
         try:
             self.virtio = self._wire_virtio({"vsock": self.vsock, "nsm": self.nsm})
-            self.boot = self._load_kernel(kernel, vsock.heartbeat, extra_cmdline,
-                                          host_decompression, inflation)
+            self.boot = self._load_kernel(kernel, cmdline, host_decompression, inflation)
         except BaseException:  # e.g. a kernel that is not a bzImage: no socket file left
             self.vsock.close()
             if self.debug is not None:
@@ -215,16 +215,20 @@ class Machine:
             transports[slot.name] = transport
         return transports
 
-    def _load_kernel(self, kernel: bytes, heartbeat: bool, extra_cmdline: str,
-                     host_decompression: bool, inflation: BackgroundInflation | None) -> BootLayout:
-        """The EIF's kernel, command line (plus the machine's own parameters, which change
-        no PCR) and ramdisks in RAM, the vCPU at the kernel's entry."""
+    def _kernel_cmdline(self, heartbeat: bool, extra_cmdline: str) -> str:
+        """The EIF's command line plus the machine's own parameters (they change no PCR):
+        the virtio devices, MACHINE_CMDLINE, the heartbeat switch, the caller's extra."""
         extra = [slot.cmdline for slot in VIRTIO_SLOTS] + list(MACHINE_CMDLINE)
         if not heartbeat:
             extra.append(HEARTBEAT_OFF)
         if extra_cmdline:
             extra.append(extra_cmdline)
-        cmdline = " ".join([self.image.cmdline.strip()] + extra)
+        return " ".join([self.image.cmdline.strip()] + extra)
+
+    def _load_kernel(self, kernel: bytes, cmdline: str, host_decompression: bool,
+                     inflation: BackgroundInflation | None) -> BootLayout:
+        """The EIF's kernel, the command line and the ramdisks in RAM, the vCPU at the
+        kernel's entry."""
         return load_linux(self.vcpu, self.ram, kernel, cmdline,
                           self.image.ramdisks_size, self.image.read_ramdisks_into,
                           decompress_on_host_first=host_decompression, inflation=inflation)

@@ -197,16 +197,24 @@ def decompress_on_host(image: BzImage, kernel: bytes, cmdline: str, load_address
                                   virtual_base, kaslr)
 
 
-def _check_nothing_to_emulate(header, cmdline: str, cpu_has_la57: bool) -> None:
-    """What the decompressor does that this path does not: print on an early serial console
-    (compressed/early_serial_console.c), switch to 5-level paging (pgtable_64.c)."""
+def early_console_reason(cmdline: str) -> str | None:
+    """Why the command line needs the kernel's own decompressor (it prints on an early
+    serial console, compressed/early_serial_console.c), or None."""
     early = find_option(cmdline, "earlyprintk")
     console = find_option(cmdline, "console") or ""
     if (early is not None and early.startswith(("serial", "ttyS"))) \
             or console.startswith(("uart8250,io,", "uart,io,")):
-        raise HostDecompressionUnavailable(
-            "the command line gives the decompressor an early serial console "
-            "(earlyprintk=serial/ttyS or console=uart,io), whose output only it can print")
+        return ("the command line gives the decompressor an early serial console "
+                "(earlyprintk=serial/ttyS or console=uart,io), whose output only it can print")
+    return None
+
+
+def _check_nothing_to_emulate(header, cmdline: str, cpu_has_la57: bool) -> None:
+    """What the decompressor does that this path does not: print on an early serial console,
+    switch to 5-level paging (pgtable_64.c)."""
+    reason = early_console_reason(cmdline)
+    if reason is not None:
+        raise HostDecompressionUnavailable(reason)
     if header.xloadflags & XLF_5LEVEL_ENABLED and cpu_has_la57 \
             and not find_option_bool(cmdline, "no5lvl"):
         raise HostDecompressionUnavailable(

@@ -19,7 +19,8 @@ from board.memory import GuestRam
 from nitro_emu.boot.bzimage import BadKernelError, BzImage
 from nitro_emu.boot.host_decompression import (BackgroundInflation, HostDecompressedKernel,
                                                HostDecompressionUnavailable, decompress_on_host,
-                                               decompressor_output_address)
+                                               decompressor_output_address,
+                                               early_console_reason)
 from nitro_emu.cpu.vcpu import Vcpu
 
 # Guest-physical layout of the boot structures (all in low RAM, like Firecracker's).
@@ -74,9 +75,12 @@ def e820_map(ram_size: int) -> list[tuple[int, int, int]]:
             (KERNEL_ADDRESS, ram_size - KERNEL_ADDRESS, E820_RAM)]
 
 
-def start_inflating(kernel: bytes) -> BackgroundInflation | None:
+def start_inflating(kernel: bytes, cmdline: str) -> BackgroundInflation | None:
     """Start inflating the bzImage's kernel in the background, for `load_linux`; None when
-    it is no bzImage (load_linux says what is wrong)."""
+    it is no bzImage (load_linux says what is wrong) or when the command line leaves its
+    decompression to the kernel itself."""
+    if early_console_reason(cmdline) is not None:
+        return None
     try:
         return BackgroundInflation(BzImage.parse(kernel), kernel)
     except BadKernelError:
