@@ -456,6 +456,53 @@ def test_hybrid_uds_bad_handshake_is_dropped(bench, tmp_path):
         assert c.recv(10) == b""
 
 
+def test_hybrid_uds_partial_line_does_not_spin(bench, tmp_path):
+    """A client that sent `CONNECT` without its newline leaves the emulator idle (the
+    reactor is level-triggered: unread bytes would make every poll call back at once); the
+    rest of the line then completes the handshake, and what follows it reaches the guest."""
+    base = str(tmp_path / "v.sock")
+    h = bench(VsockConfig(uds_path=base))
+    h.guest.listen(5000)
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(base)
+        c.settimeout(10)
+        c.sendall(b"CONNECT 50")
+        callbacks = sum(h.reactor.poll(0.01) for _ in range(50))
+        assert 1 <= callbacks <= 3                 # accept, read the bytes; then quiet
+        c.sendall(b"00\nhello")
+        c.setblocking(False)
+        reply = bytearray()
+
+        def answered():
+            try:
+                reply.extend(c.recv(1))
+            except BlockingIOError:
+                pass
+            return reply.endswith(b"\n")
+
+        h.pump(answered)
+        assert reply.startswith(b"OK ")
+        got = bytearray()
+        h.pump(lambda: got.extend(h.guest.accepted[0].read()) or got == b"hello")
+
+
+def test_hybrid_uds_line_without_newline_is_closed(bench, tmp_path):
+    base = str(tmp_path / "v.sock")
+    h = bench(VsockConfig(uds_path=base))
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(base)
+        c.settimeout(10)
+        c.sendall(b"CONNECT 5000")
+        for _ in range(5):
+            h.step(0.005)
+        c.sendall(b" " * 60)                       # past the line limit, still no newline
+        h.pump(lambda: not h.muxer.helpers)
+        try:
+            assert c.recv(10) == b""
+        except ConnectionResetError:               # closed with bytes unread
+            pass
+
+
 # -- SEQPACKET -------------------------------------------------------------------------
 
 def test_seqpacket_to_unix_keeps_message_boundaries(bench, tmp_path):

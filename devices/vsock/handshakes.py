@@ -82,7 +82,12 @@ class HeartbeatResponder(_SocketHelper):
 class HybridHandshake(_SocketHelper):
     """Firecracker's hybrid vsock: the host writes `CONNECT <port>\\n` on the Unix socket;
     `on_connect(sock, port)` then takes the socket over (and answers `OK <parent port>\\n`
-    once the guest accepted)."""
+    once the guest accepted).
+
+    The line is consumed as it comes, into a buffer of at most MAX_LINE bytes (the reactor
+    is level-triggered: bytes left unread would call back at once, forever), and never past
+    its newline, so what the client sends after it stays for the connection. A client that
+    fills the buffer without a newline is closed."""
 
     MAX_LINE = 64
 
@@ -90,22 +95,30 @@ class HybridHandshake(_SocketHelper):
                  on_connect: Callable[[socket.socket, int], None],
                  on_done: Callable[[_SocketHelper], None]) -> None:
         self.on_connect = on_connect
+        self.line = bytearray()
         super().__init__(sock, host, on_done)
 
     def ready(self, _mask: int) -> None:
         try:
-            peek = self.sock.recv(self.MAX_LINE, socket.MSG_PEEK)
+            peek = self.sock.recv(self.MAX_LINE - len(self.line), socket.MSG_PEEK)
+            end = peek.find(b"\n")
+            # consume the line up to its newline, or all of the part that came
+            chunk = self.sock.recv(end + 1 if end >= 0 else len(peek)) if peek else b""
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            peek = b""
-        end = peek.find(b"\n")
-        if end < 0:
-            if not peek or len(peek) >= self.MAX_LINE:
-                log.info("vsock-uds: connection closed or sent no CONNECT line")
+            chunk = b""
+        if not chunk:
+            log.info("vsock-uds: connection closed before its CONNECT line")
+            self.close()
+            return
+        self.line += chunk
+        if not self.line.endswith(b"\n"):
+            if len(self.line) >= self.MAX_LINE:
+                log.info("vsock-uds: no CONNECT line within %d bytes", self.MAX_LINE)
                 self.close()
             return
-        line = self.sock.recv(end + 1)  # consume exactly the line
+        line = bytes(self.line)
         words = line.decode("ascii", "replace").split()
         if len(words) != 2 or words[0] != "CONNECT" or not words[1].isdigit() \
                 or int(words[1]) > MAX_PORT:
