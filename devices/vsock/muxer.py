@@ -269,11 +269,7 @@ class VsockMuxer:
         if requeue and not entry.queued and conn.has_pending_rx():
             entry.queued = True
             self._ready.append(entry)
-        events = conn.wanted_events()
-        if events != entry.events:
-            self._select(entry, events)
-        if conn.budget_blocked:
-            self.budget.paused.add(entry)
+        self._select_wanted(entry)
 
     def _select_wanted(self, entry: _Entry) -> None:
         """Select the host events the connection wants now; note it if only the shared
