@@ -91,7 +91,7 @@ class DriverQueue:
         ids = [self.free.pop() for _ in parts]
         for i, (addr, length, flags) in enumerate(parts):
             last = i == len(parts) - 1
-            _DESC.pack_into(self.ram._map, self.desc + 16 * ids[i], addr, length,
+            _DESC.pack_into(self.ram.buffer, self.desc + 16 * ids[i], addr, length,
                             flags | (0 if last else VIRTQ_DESC_F_NEXT),
                             0 if last else ids[i + 1])
         head = ids[0]
@@ -108,7 +108,7 @@ class DriverQueue:
         used_idx = self.ram.read_u16(self.used + 2)
         while self.last_used != used_idx:
             slot = self.used + 4 + 8 * (self.last_used % self.size)
-            head, length = struct.unpack_from("<II", self.ram._map, slot)
+            head, length = struct.unpack_from("<II", self.ram.buffer, slot)
             self.last_used = (self.last_used + 1) & 0xFFFF
             ids = self.chains.pop(head)
             self.free.extend(ids)
