@@ -18,6 +18,6 @@ class VsockDevice(VirtioVsock):
 
     def __init__(self, guest_cid: int, host: HostIo, clock: VirtualClock,
                  config: VsockConfig | None = None) -> None:
-        self.muxer = VsockMuxer(check_guest_cid(guest_cid), host, clock,
-                                config or VsockConfig())
+        guest_cid = check_guest_cid(guest_cid)     # where a guest CID enters the device
+        self.muxer = VsockMuxer(guest_cid, host, clock, config or VsockConfig())
         super().__init__(guest_cid, self.muxer)
