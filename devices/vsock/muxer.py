@@ -16,7 +16,6 @@ import logging
 import os
 import selectors
 import socket
-import stat
 from collections import deque
 from functools import partial
 from typing import Callable, NamedTuple
@@ -30,6 +29,7 @@ from devices.vsock.config import (HEARTBEAT_PORT, Publish, Target, TcpTarget, Un
 from devices.vsock.connection import EVENT_READ, Connection, State
 from devices.vsock.handshakes import HeartbeatResponder, HybridHandshake
 from devices.vsock.limits import BufferBudget, GuestWarnings, Throttle
+from devices.vsock.unix_address import remove_socket
 
 log = logging.getLogger("nitro_emu.vsock")
 
@@ -250,7 +250,7 @@ class VsockMuxer:
             listener.sock.close()
         self._listeners.clear()
         if self.config.uds_path:
-            _unlink_socket(self.config.uds_path)
+            remove_socket(self.config.uds_path)
 
     # -- applying changes to connections --------------------------------------------------
 
@@ -573,7 +573,7 @@ class VsockMuxer:
         self._listen(sock, spec, accept)
 
     def _listen_uds(self, path: str) -> None:
-        _unlink_socket(path)
+        remove_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(path)
@@ -603,12 +603,3 @@ def _answer_ok(conn: Connection) -> None:
 
 def _more(held_back: int) -> str:
     return f" ({held_back} more since the last message)" if held_back else ""
-
-
-def _unlink_socket(path: str) -> None:
-    """Remove a stale Unix socket file (never any other kind of file)."""
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except OSError:
-        pass

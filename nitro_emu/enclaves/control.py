@@ -18,8 +18,8 @@ import time
 from typing import Callable
 
 from board.interfaces import HostIo
+from devices.vsock.unix_address import remove_socket
 from nitro_emu.enclaves import sockaddr
-from nitro_emu.enclaves.store import remove_socket
 
 log = logging.getLogger("nitro_emu.enclaves")
 

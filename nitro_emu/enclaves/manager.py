@@ -8,12 +8,13 @@ import os
 import signal
 import time
 
+from devices.vsock.unix_address import remove_socket
 from eif.jsonfmt import Fields
 from nitro_emu.enclaves import json_output
 from nitro_emu.enclaves.allocate import slot_of
 from nitro_emu.enclaves.control import ControlError, request
 from nitro_emu.enclaves.errors import NitroCliError
-from nitro_emu.enclaves.store import EXITED, EnclaveRecord, EnclaveStore, remove_socket
+from nitro_emu.enclaves.store import EXITED, EnclaveRecord, EnclaveStore
 
 REQUEST_TIMEOUT = 15.0     # a busy host with many enclaves answers slowly
 STOP_GRACE = 15.0          # seconds an enclave gets to stop before it is killed

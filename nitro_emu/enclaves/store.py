@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
+from devices.vsock.unix_address import remove_socket
 from nitro_emu.attestation.state import state_dir
 from nitro_emu.enclaves.errors import NitroCliError
 
@@ -258,15 +259,6 @@ class EnclaveStore:
                 remove_socket(record.vsock_uds)
         for record in self.ended()[KEEP_EXITED:]:
             shutil.rmtree(self.paths(record.slot).directory, ignore_errors=True)
-
-
-def remove_socket(path: str | os.PathLike) -> None:
-    """Remove a Unix socket file (never any other kind of file)."""
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except OSError:
-        pass
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
