@@ -37,12 +37,12 @@ def connect(cid: int, port: int, timeout: float | None = None, *,
 
 
 def _hybrid(path: str, port: int, timeout: float | None, what: str) -> socket.socket:
-    from nitro_emu.enclaves import sockaddr
+    from devices.vsock.unix_address import address as unix_address
 
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        with sockaddr.address(path) as address:
+        with unix_address(path) as address:
             sock.connect(address)
         sock.sendall(f"CONNECT {port}\n".encode())
         line = bytearray()

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from board.reactor import HostReactor
+from devices.vsock.unix_address import address as unix_address
 from eif.jsonfmt import Fields, dumps_pretty
-from nitro_emu.enclaves import allocate, sockaddr
+from nitro_emu.enclaves import allocate
 from nitro_emu.enclaves.console_log import TRUNCATED, ConsoleFile, follow
 from nitro_emu.enclaves.control import ControlError, ControlServer, request
 from nitro_emu.enclaves.errors import CODES, NitroCliError, parse_code
@@ -337,7 +338,7 @@ def test_control_requests_and_bad_input(tmp_path):
         with pytest.raises(ControlError, match="ZeroDivisionError"):
             request(str(path), "crash", 5)
         for garbage in (b"not json\n", b"[1,2]\n", b"x" * 5000, b"\xff\xfe\n", b""):
-            with socket.socket(socket.AF_UNIX) as raw, sockaddr.address(path) as address:
+            with socket.socket(socket.AF_UNIX) as raw, unix_address(path) as address:
                 raw.connect(address)
                 raw.sendall(garbage)
                 raw.shutdown(socket.SHUT_WR)
@@ -456,18 +457,3 @@ def test_follow_until_gone_or_timeout(tmp_path):
     later.data = bytearray()
     follow(log, later, lambda: True, disconnect_after=0.3)        # alive forever: timeout
     assert 0.25 < time.monotonic() - started < 5 and later.data == out.data
-
-
-def test_long_socket_paths(tmp_path):
-    path = tmp_path / ("x" * 150) / "s.sock"
-    path.parent.mkdir()
-    address, alias = sockaddr.long_lived_address(path)
-    assert alias is not None and len(address) < 108
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(address)
-        server.listen()
-        with socket.socket(socket.AF_UNIX) as client, sockaddr.address(path) as short:
-            client.connect(short)
-    alias.close()
-    assert path.exists()
-    assert sockaddr.long_lived_address(tmp_path / "s.sock") == (str(tmp_path / "s.sock"), None)

@@ -9,6 +9,7 @@ import pytest
 
 from devices.vsock import VsockConfig
 from devices.vsock import packet as P
+from devices.vsock import unix_address
 from support.host_servers import Server, sink, tcp_forward
 from support.vsock_driver import Harness, VsockGuest, harnesses
 
@@ -501,6 +502,88 @@ def test_hybrid_uds_line_without_newline_is_closed(bench, tmp_path):
             assert c.recv(10) == b""
         except ConnectionResetError:               # closed with bytes unread
             pass
+
+
+# -- Unix socket paths longer than sun_path ------------------------------------------
+
+def long_directory(tmp_path):
+    """A directory whose socket paths go past the 108 bytes of sun_path."""
+    directory = tmp_path / ("d" * 120)
+    directory.mkdir()
+    return directory
+
+
+def test_unix_addresses_beyond_sun_path(tmp_path):
+    """A long path is bound and connected through its directory's descriptor, which is
+    closed again after the call; the socket file appears at the real path."""
+    path = long_directory(tmp_path) / "s.sock"
+    descriptors = len(os.listdir("/proc/self/fd"))
+    with socket.socket(socket.AF_UNIX) as server:
+        with unix_address.address(path) as short:
+            assert short.startswith("/proc/self/fd/") and unix_address.fits(short)
+            server.bind(short)
+        server.listen()
+        with socket.socket(socket.AF_UNIX) as client, unix_address.address(path) as short:
+            client.connect(short)
+        assert path.exists() and len(os.listdir("/proc/self/fd")) == descriptors + 1
+    with unix_address.address(tmp_path / "s.sock") as short:
+        assert short == str(tmp_path / "s.sock")
+
+
+def test_long_unix_paths_for_the_hybrid_listener_and_forwards(bench, tmp_path):
+    """--vsock-uds, its PATH_<port> targets and unix: forwards work on paths longer than
+    sun_path (the run verb and background enclaves both hand the device such paths)."""
+    directory = long_directory(tmp_path)
+    base = str(directory / "v.sock")
+    servers = {}
+    for port, path in ((6000, f"{base}_6000"), (7001, str(directory / "forward.sock"))):
+        with unix_address.address(path) as short:
+            servers[port] = Server(socket.AF_UNIX, short)
+    config = VsockConfig(uds_path=base)
+    config.add_forward(f"7001=unix:{directory / 'forward.sock'}")
+    h = bench(config)
+    for port in servers:
+        s = h.guest.connect(port)
+        h.pump(lambda: s.state == "connected" or s.state == "closed")
+        assert s.state == "connected", f"parent port {port}"
+        s.send(b"over a long path")
+        got = bytearray()
+        h.pump(lambda: got.extend(s.read()) or got == b"over a long path")
+    h.guest.listen(5000)
+    results = []
+
+    def client():
+        with socket.socket(socket.AF_UNIX) as c, unix_address.address(base) as short:
+            c.connect(short)
+            c.sendall(b"CONNECT 5000\nhello")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                reply += c.recv(1)
+            results.append(reply)
+            results.append(c.recv(5))
+
+    t = threading.Thread(target=client)
+    t.start()
+    h.pump(lambda: guest_echo(h) or len(results) == 2)
+    t.join()
+    assert results[0].startswith(b"OK ") and results[1] == b"hello"
+    h.device.close()
+    assert not os.path.exists(base)
+
+
+def test_a_socket_name_too_long_even_for_its_directory_says_why(bench, tmp_path):
+    base = str(long_directory(tmp_path) / ("n" * 100))
+    with pytest.raises(OSError) as info:
+        Harness(VsockConfig(uds_path=base))
+    assert info.value.strerror.startswith(f"--vsock-uds {base}: path too long for a Unix "
+                                          "socket")
+    assert "None" not in info.value.strerror and "file name (100 bytes)" in info.value.strerror
+    config = VsockConfig()                       # as a forward target: the guest gets RST
+    config.add_forward(f"7001=unix:{base}")
+    h = bench(config)
+    s = h.guest.connect(7001)
+    h.pump(lambda: s.state == "closed")
+    assert s.reset_received
 
 
 # -- SEQPACKET -------------------------------------------------------------------------

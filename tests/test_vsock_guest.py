@@ -15,6 +15,7 @@ import time
 import pytest
 
 from devices.vsock import VsockConfig
+from devices.vsock.unix_address import address as unix_address
 from eif import cpio
 from guest.vsock_pattern import PatternCheck, pattern
 from nitro_emu import Machine
@@ -259,14 +260,18 @@ def test_stopping_mid_transfer_closes_host_sockets(state_dir):
     progress["socket"].close()
 
 
-def test_run_verb_prints_published_address_and_can_forward_9000_without_heartbeat(state_dir):
+def test_run_verb_prints_published_address_and_can_forward_9000_without_heartbeat(state_dir,
+                                                                                   tmp_path):
     """`--publish 127.0.0.1:0:5000` binds a port the user learns from stderr; with
     `--no-heartbeat`, parent port 9000 may be forwarded and the guest's init skips the
-    heartbeat (it never connects there, and it keeps running)."""
+    heartbeat (it never connects there, and it keeps running). Its `--vsock-uds` serves
+    hybrid vsock on a path longer than sun_path holds."""
     import signal
     import subprocess
     import sys
     from pathlib import Path
+    uds = tmp_path / ("d" * 120) / "v.sock"
+    uds.parent.mkdir()
     heartbeat_port = socket.socket()
     heartbeat_port.bind(("127.0.0.1", 0))
     heartbeat_port.listen(1)
@@ -274,7 +279,7 @@ def test_run_verb_prints_published_address_and_can_forward_9000_without_heartbea
     process = subprocess.Popen(
         [sys.executable, "-m", "nitro_emu", str(guest_image("echo.eif")), "--guest-cid", "16",
          "--no-heartbeat", "--forward", f"9000=tcp:127.0.0.1:{heartbeat_port.getsockname()[1]}",
-         "--publish", "127.0.0.1:0:5000", "--timeout", "600"],
+         "--publish", "127.0.0.1:0:5000", "--vsock-uds", str(uds), "--timeout", "600"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         cwd=Path(__file__).resolve().parent.parent)
     streams = {"out": bytearray(), "err": bytearray()}
@@ -302,6 +307,19 @@ def test_run_verb_prints_published_address_and_can_forward_9000_without_heartbea
         assert port != 0
         wait_output("out", rb"vsock-echo: listening on port 5000")
         assert echo_client(("127.0.0.1", port), b"via the printed port") == b"via the printed port"
+        with socket.socket(socket.AF_UNIX) as hybrid, unix_address(uds) as short:
+            hybrid.settimeout(60)
+            hybrid.connect(short)
+            hybrid.sendall(b"CONNECT 5000\nvia a long --vsock-uds")
+            reply = b""
+            while not reply.endswith(b"\n"):
+                reply += hybrid.recv(1)
+            assert reply.startswith(b"OK ")
+            hybrid.shutdown(socket.SHUT_WR)
+            echoed = b""
+            while chunk := hybrid.recv(4096):
+                echoed += chunk
+            assert echoed == b"via a long --vsock-uds"
         with pytest.raises(TimeoutError):
             heartbeat_port.accept()            # the guest's init skipped the heartbeat
         process.send_signal(signal.SIGINT)

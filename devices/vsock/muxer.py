@@ -17,6 +17,7 @@ import os
 import selectors
 import socket
 from collections import deque
+from contextlib import nullcontext
 from functools import partial
 from typing import Callable, NamedTuple
 
@@ -24,12 +25,12 @@ from board.clock import Timer, VirtualClock
 from board.interfaces import HostIo
 from devices.virtio.queue import DescriptorChain
 from devices.vsock import packet as P
+from devices.vsock import unix_address
 from devices.vsock.config import (HEARTBEAT_PORT, Publish, Target, TcpTarget, UnixTarget,
                                   VsockConfig, VsockTarget)
 from devices.vsock.connection import EVENT_READ, Connection, State
 from devices.vsock.handshakes import HeartbeatResponder, HybridHandshake
 from devices.vsock.limits import BufferBudget, GuestWarnings, Throttle
-from devices.vsock.unix_address import remove_socket
 
 log = logging.getLogger("nitro_emu.vsock")
 
@@ -250,7 +251,7 @@ class VsockMuxer:
             listener.sock.close()
         self._listeners.clear()
         if self.config.uds_path:
-            remove_socket(self.config.uds_path)
+            unix_address.remove_socket(self.config.uds_path)
 
     # -- applying changes to connections --------------------------------------------------
 
@@ -444,18 +445,24 @@ class VsockMuxer:
             family, kind, proto, _, address = socket.getaddrinfo(
                 target.host, target.port, type=socket.SOCK_STREAM)[0]
             sock = socket.socket(family, kind, proto)
+            reach = nullcontext(address)
         elif isinstance(target, UnixTarget):
             sock = socket.socket(socket.AF_UNIX,
                                  socket.SOCK_SEQPACKET if seq else socket.SOCK_STREAM)
-            address = target.path
+            reach = unix_address.address(target.path)     # also beyond sun_path's length
         elif isinstance(target, VsockTarget):
             sock = socket.socket(socket.AF_VSOCK,
                                  socket.SOCK_SEQPACKET if seq else socket.SOCK_STREAM)
-            address = (target.cid, target.port)
+            reach = nullcontext((target.cid, target.port))
         else:  # pragma: no cover - config types are closed
             raise OSError(f"unknown target {target!r}")
         sock.setblocking(False)
-        err = sock.connect_ex(address)
+        try:
+            with reach as address:
+                err = sock.connect_ex(address)
+        except OSError:
+            sock.close()
+            raise
         if err in (0, errno.EISCONN):
             return sock, False
         if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
@@ -563,7 +570,7 @@ class VsockMuxer:
             sock.bind((publish.host_addr, publish.host_port))
         except OSError as error:
             sock.close()
-            raise OSError(error.errno, f"{spec}: {error.strerror}") from None
+            raise OSError(error.errno, f"{spec}: {error.strerror or error}") from None
         self.published.append((publish, sock.getsockname()))
 
         def accept(client: socket.socket) -> None:
@@ -573,13 +580,14 @@ class VsockMuxer:
         self._listen(sock, spec, accept)
 
     def _listen_uds(self, path: str) -> None:
-        remove_socket(path)
+        unix_address.remove_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.bind(path)
+            with unix_address.address(path) as address:
+                sock.bind(address)
         except OSError as error:
             sock.close()
-            raise OSError(error.errno, f"--vsock-uds {path}: {error.strerror}") from None
+            raise OSError(error.errno, f"--vsock-uds {path}: {error.strerror or error}") from None
         self._listen(sock, f"--vsock-uds {path}", self._accept_hybrid)
 
     def _accept_hybrid(self, client: socket.socket) -> None:

@@ -18,8 +18,7 @@ import time
 from typing import Callable
 
 from board.interfaces import HostIo
-from devices.vsock.unix_address import remove_socket
-from nitro_emu.enclaves import sockaddr
+from devices.vsock.unix_address import address as unix_address, remove_socket
 
 log = logging.getLogger("nitro_emu.enclaves")
 
@@ -45,10 +44,10 @@ class ControlServer:
         self.handlers = handlers
         self._host: HostIo | None = None
         self._clients: dict[socket.socket, bytearray] = {}
-        address, self._alias = sockaddr.long_lived_address(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._sock.bind(address)
+            with unix_address(path) as address:
+                self._sock.bind(address)
             self._sock.listen(BACKLOG)
             self._sock.setblocking(False)
         except OSError:
@@ -125,9 +124,6 @@ class ControlServer:
             self._host.unregister(self._sock)
         self._sock.close()
         remove_socket(self.path)
-        if self._alias is not None:
-            self._alias.close()
-            self._alias = None
 
 
 def request(path: str, op: str, timeout: float = 10.0, **arguments: object) -> dict:
@@ -139,7 +135,7 @@ def request(path: str, op: str, timeout: float = 10.0, **arguments: object) -> d
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
-            with sockaddr.address(path) as address:
+            with unix_address(path) as address:
                 sock.connect(address)
             sock.sendall(line)
             reply = bytearray()

@@ -110,11 +110,11 @@ class EnclaveProcess:
 
     # -- the machine ---------------------------------------------------------------------
 
-    def build_machine(self, record: EnclaveRecord, vsock_uds: str):
+    def build_machine(self, record: EnclaveRecord):
         from devices.vsock.config import config_from_options
         from nitro_emu.machine import Machine
 
-        vsock = config_from_options(record.forward, record.publish, vsock_uds,
+        vsock = config_from_options(record.forward, record.publish, record.vsock_uds,
                                     on_heartbeat=self.on_heartbeat)
         console = _NullConsole()
         if record.debug_mode:
@@ -226,42 +226,35 @@ class EnclaveProcess:
                 self._console.close()
 
     def _run_machine(self, control: ControlServer, serving: ServingThread) -> int:
-        from nitro_emu.enclaves import sockaddr
-
-        uds, alias = sockaddr.long_lived_address(self.record.vsock_uds)
         try:
+            self.machine = self.build_machine(self.record)
+        except (EifError, OSError, NitroEmuError) as error:
+            self.fail(_failure_code(error), _sentence(error))
+            self.record_end("failed", str(error))
+            return 1
+        try:
+            control.start(serving.reactor)
+            serving.start()
+            self.started()
+            result = None
             try:
-                self.machine = self.build_machine(self.record, uds)
-            except (EifError, OSError, NitroEmuError) as error:
-                self.fail(_failure_code(error), _sentence(error))
-                self.record_end("failed", str(error))
-                return 1
-            try:
-                control.start(serving.reactor)
-                serving.start()
-                self.started()
-                result = None
-                try:
-                    if self.stop_signal is None:
-                        result = self.machine.run()
-                finally:
-                    serving.stop()         # refuse requests at once: the enclave is ending
-                    control.close()
-                reason, message = self.outcome(result)
-                report = self.write_post_mortem(reason, message)
+                if self.stop_signal is None:
+                    result = self.machine.run()
             finally:
-                self.machine.close()
-            told = False            # run-enclave printed where the report is
-            if not self.booted and self.report_fd >= 0:     # run-enclave still waits
-                where = f"; post-mortem report in {report}" if report else ""
-                told = self.fail(BOOT_FAILURE, f"The enclave ended before it booted: "
-                                               f"{reason}: {message.rstrip('.')}{where}.")
-            self.record_end(reason, message, post_mortem_report=report,
-                            post_mortem_noticed=told and report is not None)
-            return 0
+                serving.stop()         # refuse requests at once: the enclave is ending
+                control.close()
+            reason, message = self.outcome(result)
+            report = self.write_post_mortem(reason, message)
         finally:
-            if alias is not None:
-                alias.close()
+            self.machine.close()
+        told = False            # run-enclave printed where the report is
+        if not self.booted and self.report_fd >= 0:     # run-enclave still waits
+            where = f"; post-mortem report in {report}" if report else ""
+            told = self.fail(BOOT_FAILURE, f"The enclave ended before it booted: "
+                                           f"{reason}: {message.rstrip('.')}{where}.")
+        self.record_end(reason, message, post_mortem_report=report,
+                        post_mortem_noticed=told and report is not None)
+        return 0
 
     def started(self) -> None:
         """Tell run-enclave the machine is built; with --gdb-wait, that it waits for a
