@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
+from devices.vsock.host_port import format_host_port, parse_host_port
 from devices.vsock.packet import MAX_PORT
 
 HEARTBEAT_PORT = 9000
@@ -20,6 +21,7 @@ HEARTBEAT_BYTE = 0xB7
 KIB, MIB = 1 << 10, 1 << 20
 DEFAULT_BUF_ALLOC = 256 * KIB
 MAX_GUEST_PORT = MAX_PORT        # 0xFFFFFFFF is VMADDR_PORT_ANY
+DEFAULT_PUBLISH_HOST = "127.0.0.1"   # a published guest port is for this host only
 
 
 @dataclass(frozen=True)
@@ -29,8 +31,7 @@ class TcpTarget:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp:{host}:{self.port}"
+        return f"tcp:{format_host_port(self.host, self.port)}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class Publish:
     host_addr: str
     host_port: int
     guest_port: int
+
+    def __str__(self) -> str:
+        return f"{format_host_port(self.host_addr, self.host_port)}:{self.guest_port}"
 
 
 @dataclass
@@ -161,21 +165,6 @@ def _int(text: str, what: str, low: int, high: int, spec: str) -> int:
     return value
 
 
-def _split_host_port(text: str, spec: str) -> tuple[str, str]:
-    """'HOST:PORT' or '[V6]:PORT' -> (host, port text)."""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or text[end + 1:end + 2] != ":":
-            raise ValueError(f"{spec!r}: expected [IPV6]:PORT, got {text!r}")
-        return text[1:end], text[end + 2:]
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{spec!r}: expected HOST:PORT, got {text!r}")
-    if ":" in host:
-        raise ValueError(f"{spec!r}: write IPv6 addresses in brackets, like [::1]:PORT")
-    return host, port
-
-
 def parse_forward(spec: str) -> tuple[int, Target]:
     """`PORT=tcp:HOST:PORT`, `PORT=unix:PATH` or `PORT=vsock:CID:PORT` -> (parent port the
     guest connects to, host target). ValueError with a one-line message otherwise."""
@@ -188,8 +177,11 @@ def parse_forward(spec: str) -> tuple[int, Target]:
     if not sep:
         raise ValueError(f"{spec!r}: target {target!r} must start with tcp:, unix: or vsock:")
     if kind == "tcp":
-        host, tport = _split_host_port(rest, spec)
-        return port, TcpTarget(host, _int(tport, "TCP port", 1, 65535, spec))
+        try:
+            host, tcp_port = parse_host_port(rest, min_port=1)
+        except ValueError as error:
+            raise ValueError(f"{spec!r}: {error}") from None
+        return port, TcpTarget(host, tcp_port)
     if kind == "unix":
         if not rest:
             raise ValueError(f"{spec!r}: unix: needs a socket path")
@@ -208,24 +200,11 @@ def parse_forward(spec: str) -> tuple[int, Target]:
 def parse_publish(spec: str) -> Publish:
     """`[ADDR:]HOSTPORT:GUESTPORT` -> Publish. ADDR defaults to 127.0.0.1 (IPv6 in
     brackets); HOSTPORT 0 lets the host pick a free port."""
-    text = spec.strip()
-    addr = "127.0.0.1"
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or text[end + 1:end + 2] != ":":
-            raise ValueError(f"{spec!r}: expected [IPV6]:HOSTPORT:GUESTPORT")
-        addr, text = text[1:end], text[end + 2:]
-        parts = text.split(":")
-        if len(parts) != 2:
-            raise ValueError(f"{spec!r}: expected [IPV6]:HOSTPORT:GUESTPORT")
-    else:
-        parts = text.split(":")
-        if len(parts) == 3:
-            addr = parts.pop(0)
-            if not addr:
-                raise ValueError(f"{spec!r}: empty host address")
-        elif len(parts) != 2:
-            raise ValueError(f"{spec!r}: expected [ADDR:]HOSTPORT:GUESTPORT")
-    host_port = _int(parts[0], "host port", 0, 65535, spec)
-    guest_port = _int(parts[1], "guest port", 0, MAX_GUEST_PORT, spec)
-    return Publish(addr, host_port, guest_port)
+    address, sep, guest = spec.strip().rpartition(":")
+    if not sep:
+        raise ValueError(f"{spec!r}: expected [ADDR:]HOSTPORT:GUESTPORT")
+    try:
+        host, host_port = parse_host_port(address, default_host=DEFAULT_PUBLISH_HOST)
+    except ValueError as error:
+        raise ValueError(f"{spec!r}: {error}") from None
+    return Publish(host, host_port, _int(guest, "guest port", 0, MAX_GUEST_PORT, spec))

@@ -564,7 +564,7 @@ class VsockMuxer:
     def _listen_publish(self, publish: Publish) -> None:
         family = socket.AF_INET6 if ":" in publish.host_addr else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
-        spec = f"--publish {publish.host_addr}:{publish.host_port}:{publish.guest_port}"
+        spec = f"--publish {publish}"
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((publish.host_addr, publish.host_port))

@@ -6,6 +6,7 @@ import argparse
 from typing import Callable
 
 from devices.vsock.config import Publish, VsockConfig, config_from_options
+from devices.vsock.host_port import format_host_port
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +42,6 @@ def published_lines(published: list[tuple[Publish, tuple]]) -> list[str]:
     (the one the host picked for HOSTPORT 0)."""
     lines = []
     for publish, address in published:
-        host, port = address[:2]
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        where = format_host_port(*address[:2])
         lines.append(f"nitro-emu: published {where} -> guest port {publish.guest_port}")
     return lines

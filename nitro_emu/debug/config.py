@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
+from devices.vsock.host_port import parse_host_port
 from nitro_emu.errors import NitroEmuError
 
 
@@ -19,17 +20,14 @@ class DebugError(NitroEmuError):
 
 
 def parse_gdb_address(text: str) -> tuple[str, int]:
-    """`PORT`, `HOST:PORT` or `[IPv6]:PORT` as (host, port); the host defaults to
-    127.0.0.1 (the debugger controls the enclave: listen more widely only when asked),
-    `:PORT` is every interface, port 0 picks a free one. ValueError otherwise."""
-    host, colon, port = text.rpartition(":")
-    if not colon:
-        host = DEFAULT_GDB_HOST
-    elif host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{text!r} is not [HOST:]PORT (a port from 0 to 65535)")
-    return host, int(port)
+    """`PORT`, `HOST:PORT` or `[IPv6]:PORT` as (host, port) (devices.vsock.host_port, the
+    grammar of --forward and --publish too); the host defaults to 127.0.0.1 (the debugger
+    controls the enclave: listen more widely only when asked), `:PORT` is every
+    interface, port 0 picks a free one. ValueError otherwise."""
+    try:
+        return parse_host_port(text, default_host=DEFAULT_GDB_HOST, any_host=True)
+    except ValueError as error:
+        raise ValueError(f"{text!r} is not [HOST:]PORT: {error}") from None
 
 
 def _to_stderr(line: str) -> None:

@@ -28,6 +28,7 @@ import time
 from typing import Callable
 
 from board.reactor import HostReactor
+from devices.vsock.host_port import format_host_port
 from nitro_emu.cpu.debugging import Stop
 from nitro_emu.debug import rsp
 from nitro_emu.debug.config import DebugError
@@ -80,7 +81,7 @@ class GdbStub:
             self._listener = socket.create_server(address)
         except OSError as error:
             reason = os.strerror(error.errno) if error.errno else str(error)
-            raise DebugError(f"gdb stub: cannot listen on {address[0] or '*'}:{address[1]}: "
+            raise DebugError(f"gdb stub: cannot listen on {format_host_port(*address)}: "
                              f"{reason}") from None
         self._listener.setblocking(False)
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
@@ -101,8 +102,7 @@ class GdbStub:
         self._machine_over = False     # the run ended; the debugger may still look at it
         self._abandoned = False        # the user stopped nitro-emu itself
         self._xml = target_xml().encode()
-        host, port = self.address
-        announce(f"nitro-emu: gdb stub listening on {host}:{port}"
+        announce(f"nitro-emu: gdb stub listening on {format_host_port(*self.address)}"
                  + (" (the CPU waits for a debugger before its first instruction)" if wait else ""))
 
     def attach(self, target: MachineTarget, reactor: HostReactor) -> None:
@@ -236,7 +236,7 @@ class GdbStub:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._client = client
         self._reactor.register(client, selectors.EVENT_READ, self._on_readable, background=True)
-        self._announce(f"nitro-emu: debugger attached from {peer[0]}:{peer[1]}")
+        self._announce(f"nitro-emu: debugger attached from {format_host_port(*peer[:2])}")
         self._hold_reason = stop_reply(SIGTRAP)  # GDB expects a stopped target when it connects
 
     def _on_readable(self, _: int) -> None:

@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+from devices.vsock.host_port import format_host_port
 from eif.errors import EifError, FileError
 from eif.files import write_output
 from eif.jsonfmt import Fields, dumps_compact
@@ -185,7 +186,7 @@ class EnclaveProcess:
                 WAITING_FOR_DEBUGGER if record.gdb_wait else STARTING
         stub = self.gdb_stub
         entry = json_output.describe_info(record, os.getpid(), state, measurements, metadata,
-                                          gdb_stub=f"{stub[0]}:{stub[1]}" if stub else None)
+                                          gdb_stub=format_host_port(*stub) if stub else None)
         return {"ok": True, "entry": dumps_compact(entry)}
 
     def terminate(self, request: dict) -> dict:
