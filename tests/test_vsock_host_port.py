@@ -1,6 +1,8 @@
 """The one `[HOST:]PORT` grammar of --forward tcp:, --publish and --gdb, and its printed
 form: what is printed reads back the same, the three options agree on hosts and IPv6
 brackets, and each keeps its own default host."""
+import socket
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -9,6 +11,7 @@ from devices.vsock.config import (DEFAULT_PUBLISH_HOST, Publish, TcpTarget, pars
                                   parse_publish)
 from devices.vsock.host_port import format_host_port, parse_host_port
 from nitro_emu.debug.config import DEFAULT_GDB_HOST, parse_gdb_address
+from nitro_emu.debug.gdbstub import GdbStub
 
 _LABEL = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,20}[a-z0-9])?", fullmatch=True)
 HOSTS = st.one_of(st.ip_addresses().map(str), st.just("fe80::1%eth0"),
@@ -66,3 +69,14 @@ def test_the_parser_only_raises_one_line_value_errors(text):
         except ValueError as error:
             assert "\n" not in str(error)
 
+
+def test_gdb_stub_listens_on_an_ipv6_address_and_prints_it_in_brackets():
+    lines = []
+    stub = GdbStub(("::1", 0), False, lines.append)
+    try:
+        port = stub.address[1]
+        assert lines == [f"nitro-emu: gdb stub listening on [::1]:{port}"]
+        with socket.create_connection(("::1", port), timeout=5):
+            pass
+    finally:
+        stub.close()

@@ -7,6 +7,8 @@ no port, so it is refused.
 """
 from __future__ import annotations
 
+import socket
+
 MAX_TCP_PORT = 65535
 
 
@@ -44,3 +46,8 @@ def format_host_port(host: str, port: int) -> str:
     """`host:port`, with an IPv6 host in brackets (what `parse_host_port` reads back)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
+
+def listen_family(host: str) -> socket.AddressFamily:
+    """The family of a TCP listener on `host` (an address or name; "" for every IPv4
+    interface): IPv6 for an address with colons, else IPv4."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

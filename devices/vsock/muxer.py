@@ -30,6 +30,7 @@ from devices.vsock.config import (HEARTBEAT_PORT, Publish, Target, TcpTarget, Un
                                   VsockConfig, VsockTarget)
 from devices.vsock.connection import EVENT_READ, Connection, State
 from devices.vsock.handshakes import HeartbeatResponder, HybridHandshake
+from devices.vsock.host_port import listen_family
 from devices.vsock.limits import BufferBudget, GuestWarnings, Throttle
 
 log = logging.getLogger("nitro_emu.vsock")
@@ -562,8 +563,7 @@ class VsockMuxer:
                         _more(listener.throttle.take_held_back()))
 
     def _listen_publish(self, publish: Publish) -> None:
-        family = socket.AF_INET6 if ":" in publish.host_addr else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = socket.socket(listen_family(publish.host_addr), socket.SOCK_STREAM)
         spec = f"--publish {publish}"
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

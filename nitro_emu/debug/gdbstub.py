@@ -28,7 +28,7 @@ import time
 from typing import Callable
 
 from board.reactor import HostReactor
-from devices.vsock.host_port import format_host_port
+from devices.vsock.host_port import format_host_port, listen_family
 from nitro_emu.cpu.debugging import Stop
 from nitro_emu.debug import rsp
 from nitro_emu.debug.config import DebugError
@@ -78,7 +78,7 @@ class GdbStub:
     def __init__(self, address: tuple[str, int], wait: bool,
                  announce: Callable[[str], None]) -> None:
         try:
-            self._listener = socket.create_server(address)
+            self._listener = socket.create_server(address, family=listen_family(address[0]))
         except OSError as error:
             reason = os.strerror(error.errno) if error.errno else str(error)
             raise DebugError(f"gdb stub: cannot listen on {format_host_port(*address)}: "
