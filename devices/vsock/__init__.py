@@ -6,6 +6,7 @@ Layout (as Firecracker's devices/virtio/vsock): `device` (virtio only) talks to 
 `backend.VsockBackend`; `muxer` (the parent: connection table, listeners, RSTs) is that
 backend; `connection` is one connection's state machine; `handshakes` the heartbeat and
 hybrid-vsock conversations; `limits` the byte budget; `config` the settings and parsers;
+`host_port` the `[HOST:]PORT` grammar; `unix_address` Unix socket paths of any length;
 `packet` the header and addressing; `parent.VsockDevice` puts device and muxer together."""
 from devices.vsock.config import (Publish, TcpTarget, UnixTarget, VsockConfig, VsockTarget,
                                   config_from_options, parse_forward, parse_publish)
