@@ -424,12 +424,20 @@ def test_hybrid_uds_both_directions(bench, tmp_path):
     h.pump(lambda: got.extend(s.read()) or len(got) == len(data))
     assert got == data
     # host -> guest port 5000 via CONNECT
+    reply, echoed = hybrid_hello(h, base)
+    assert reply.startswith(b"OK ") and int(reply[3:]) >= 1 << 30
+    assert echoed == b"hello"
+
+
+def hybrid_hello(h, path):
+    """A host client of the hybrid listener at `path` sends `CONNECT 5000` and "hello" to
+    a guest echo server on port 5000: (its OK line, what came back)."""
     h.guest.listen(5000)
     results = []
 
     def client():
-        with socket.socket(socket.AF_UNIX) as c:
-            c.connect(base)
+        with socket.socket(socket.AF_UNIX) as c, unix_address.address(path) as short:
+            c.connect(short)
             c.sendall(b"CONNECT 5000\nhello")
             reply = b""
             while not reply.endswith(b"\n"):
@@ -441,20 +449,28 @@ def test_hybrid_uds_both_directions(bench, tmp_path):
     t.start()
     h.pump(lambda: guest_echo(h) or len(results) == 2)
     t.join()
-    assert results[0].startswith(b"OK ") and int(results[0][3:]) >= 1 << 30
-    assert results[1] == b"hello"
+    return results[0], results[1]
 
 
-def test_hybrid_uds_bad_handshake_is_dropped(bench, tmp_path):
+@pytest.mark.parametrize("chunks", [
+    [b"HELLO\n"],                                 # not a CONNECT line
+    [b"CONNECT 5000", b" " * 60],                  # past the line limit without a newline
+])
+def test_hybrid_uds_bad_or_endless_line_is_closed(bench, tmp_path, chunks):
     base = str(tmp_path / "v.sock")
     h = bench(VsockConfig(uds_path=base))
     with socket.socket(socket.AF_UNIX) as c:
         c.connect(base)
         c.settimeout(10)
-        c.sendall(b"HELLO\n")
-        for _ in range(10):
-            h.step(0.01)
-        assert c.recv(10) == b""
+        for chunk in chunks:
+            c.sendall(chunk)
+            for _ in range(5):
+                h.step(0.005)
+        h.pump(lambda: not h.muxer.helpers)
+        try:
+            assert c.recv(10) == b""
+        except ConnectionResetError:               # closed with bytes unread
+            pass
 
 
 def test_hybrid_uds_partial_line_does_not_spin(bench, tmp_path):
@@ -485,23 +501,6 @@ def test_hybrid_uds_partial_line_does_not_spin(bench, tmp_path):
         assert reply.startswith(b"OK ")
         got = bytearray()
         h.pump(lambda: got.extend(h.guest.accepted[0].read()) or got == b"hello")
-
-
-def test_hybrid_uds_line_without_newline_is_closed(bench, tmp_path):
-    base = str(tmp_path / "v.sock")
-    h = bench(VsockConfig(uds_path=base))
-    with socket.socket(socket.AF_UNIX) as c:
-        c.connect(base)
-        c.settimeout(10)
-        c.sendall(b"CONNECT 5000")
-        for _ in range(5):
-            h.step(0.005)
-        c.sendall(b" " * 60)                       # past the line limit, still no newline
-        h.pump(lambda: not h.muxer.helpers)
-        try:
-            assert c.recv(10) == b""
-        except ConnectionResetError:               # closed with bytes unread
-            pass
 
 
 # -- Unix socket paths longer than sun_path ------------------------------------------
@@ -549,24 +548,8 @@ def test_long_unix_paths_for_the_hybrid_listener_and_forwards(bench, tmp_path):
         s.send(b"over a long path")
         got = bytearray()
         h.pump(lambda: got.extend(s.read()) or got == b"over a long path")
-    h.guest.listen(5000)
-    results = []
-
-    def client():
-        with socket.socket(socket.AF_UNIX) as c, unix_address.address(base) as short:
-            c.connect(short)
-            c.sendall(b"CONNECT 5000\nhello")
-            reply = b""
-            while not reply.endswith(b"\n"):
-                reply += c.recv(1)
-            results.append(reply)
-            results.append(c.recv(5))
-
-    t = threading.Thread(target=client)
-    t.start()
-    h.pump(lambda: guest_echo(h) or len(results) == 2)
-    t.join()
-    assert results[0].startswith(b"OK ") and results[1] == b"hello"
+    reply, echoed = hybrid_hello(h, base)
+    assert reply.startswith(b"OK ") and echoed == b"hello"
     h.device.close()
     assert not os.path.exists(base)
 
