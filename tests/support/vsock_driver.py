@@ -67,6 +67,7 @@ class DriverQueue:
 
     def __init__(self, ram: GuestRam, alloc: Allocator, size: int) -> None:
         self.ram = ram
+        self.memory = ram.buffer      # for struct on the rings, looked up once
         self.size = size
         self.desc = alloc.alloc(16 * size)
         self.avail = alloc.alloc(6 + 2 * size)
@@ -91,7 +92,7 @@ class DriverQueue:
         ids = [self.free.pop() for _ in parts]
         for i, (addr, length, flags) in enumerate(parts):
             last = i == len(parts) - 1
-            _DESC.pack_into(self.ram.buffer, self.desc + 16 * ids[i], addr, length,
+            _DESC.pack_into(self.memory, self.desc + 16 * ids[i], addr, length,
                             flags | (0 if last else VIRTQ_DESC_F_NEXT),
                             0 if last else ids[i + 1])
         head = ids[0]
@@ -108,7 +109,7 @@ class DriverQueue:
         used_idx = self.ram.read_u16(self.used + 2)
         while self.last_used != used_idx:
             slot = self.used + 4 + 8 * (self.last_used % self.size)
-            head, length = struct.unpack_from("<II", self.ram.buffer, slot)
+            head, length = struct.unpack_from("<II", self.memory, slot)
             self.last_used = (self.last_used + 1) & 0xFFFF
             ids = self.chains.pop(head)
             self.free.extend(ids)
