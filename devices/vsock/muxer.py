@@ -466,7 +466,11 @@ class VsockMuxer:
             raise
         if err in (0, errno.EISCONN):
             return sock, False
-        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY):
+        # A non-blocking AF_UNIX connect never is "in progress": EAGAIN there means the
+        # listener's backlog is full, a refusal (connect(2)).
+        in_progress = (errno.EINPROGRESS, errno.EALREADY) if sock.family == socket.AF_UNIX \
+            else (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
+        if err in in_progress:
             return sock, True
         sock.close()
         raise OSError(err, os.strerror(err))
