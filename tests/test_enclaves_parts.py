@@ -456,4 +456,5 @@ def test_follow_until_gone_or_timeout(tmp_path):
     started, later = time.monotonic(), Out()
     later.data = bytearray()
     follow(log, later, lambda: True, disconnect_after=0.3)        # alive forever: timeout
-    assert 0.25 < time.monotonic() - started < 5 and later.data == out.data
+    # it returned although the enclave never ended, and not before its timeout
+    assert time.monotonic() - started >= 0.3 and later.data == out.data
