@@ -1,5 +1,6 @@
-"""Where nitro-emu keeps per-user state (the local CA): $NITRO_EMU_STATE_DIR, else
-$XDG_STATE_HOME/nitro-emu, else ~/.local/state/nitro-emu."""
+"""Where nitro-emu keeps per-user state (the local CA, and the background enclaves in
+`enclaves/`): $NITRO_EMU_STATE_DIR, else $XDG_STATE_HOME/nitro-emu, else
+~/.local/state/nitro-emu."""
 from __future__ import annotations
 
 import os

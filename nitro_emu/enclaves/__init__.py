@@ -6,7 +6,9 @@
 - `spec`: what run-enclave was asked (flags or --config), checked as nitro-cli does
 - `launch`: starting the detached enclave process and waiting for the boot heartbeat
 - `process`: the enclave process itself (the machine, its control socket, its console)
-- `control`: the control socket's protocol
+- `control`: the control socket's protocol; `control_thread`: the thread that serves it
+- `console_log`: the console log on disk (written by the process, followed by `console`)
+- `sockaddr`: Unix socket paths longer than sun_path allows
 - `manager`: finding, describing and terminating running enclaves
 - `json_output`, `errors`: nitro-cli's JSON and its error codes
 """

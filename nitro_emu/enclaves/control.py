@@ -4,9 +4,10 @@
     -> {"op": "terminate"}                       <- {"ok": true}
     <- {"ok": false, "error": "..."} for anything else
 
-The server runs on the machine's reactor (`HostIo`): its callbacks run on the emulator
-thread between CPU slices, so the enclave process needs no thread of its own for it. The
-socket lives in the user's private enclave directory; only the user can reach it.
+The server runs on any reactor (`HostIo`); the enclave process serves it on the reactor of
+its control thread (control_thread.ServingThread), so requests are answered while a
+debugger holds the emulator thread. The socket lives in the user's private enclave
+directory; only the user can reach it.
 """
 from __future__ import annotations
 
