@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import sys
 
-from eif.jsonfmt import Fields
 from eif.metadata import load_custom_metadata_file
-from nitro_emu.cli.common import ArgumentParser, print_json
+from nitro_emu.cli.common import ArgumentParser, print_measurements
 from nitro_emu.container.build import build_enclave
 from nitro_emu.container.enclave_blobs import find_blobs
 from nitro_emu.container.reference import parse_reference
@@ -51,5 +50,5 @@ def main(argv: list[str]) -> int:
     for note in result.notes:
         print(f"nitro-emu: note: {note}", file=sys.stderr)
     print("Enclave Image successfully created.", file=sys.stderr)
-    print_json(Fields([("Measurements", Fields(result.measurements.to_json_dict().items()))]))
+    print_measurements(result.measurements)
     return 0

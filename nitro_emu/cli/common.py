@@ -7,6 +7,7 @@ import sys
 from typing import NoReturn
 
 from eif import jsonfmt
+from eif.pcr import Measurements
 from nitro_emu.errors import UsageError
 
 
@@ -22,6 +23,12 @@ def print_json(value: object) -> None:
     """nitro-cli's pretty JSON (4 spaces, serde's escaping) on stdout."""
     sys.stdout.write(jsonfmt.dumps_pretty(value) + "\n")
     sys.stdout.flush()
+
+
+def print_measurements(measurements: Measurements) -> None:
+    """`{"Measurements": {...}}` as nitro-cli prints it after building or signing an EIF."""
+    fields = jsonfmt.Fields(measurements.to_json_dict().items())
+    print_json(jsonfmt.Fields([("Measurements", fields)]))
 
 
 def say(line: str) -> None:

@@ -10,12 +10,11 @@ from eif.builder import build_eif
 from eif.describe import describe
 from eif.errors import EifError
 from eif.files import SIGNING_CERTIFICATE, read_input
-from eif.jsonfmt import Fields
 from eif.metadata import load_custom_metadata_file
 from eif.pcr import DEFAULT_HASH_ALGORITHM, pcr_of_file
 from eif.signature import pcr8_from_certificate
 from eif.reader import read_eif
-from nitro_emu.cli.common import ArgumentParser, print_json
+from nitro_emu.cli.common import ArgumentParser, print_json, print_measurements
 from nitro_emu.errors import UsageError
 
 
@@ -59,7 +58,7 @@ def build(argv: list[str]) -> int:
         arch=args.arch, signing_certificate=args.signing_certificate,
         private_key=args.private_key)
     print("Enclave Image successfully created.", file=sys.stderr)
-    print_json(Fields([("Measurements", Fields(measurements.to_json_dict().items()))]))
+    print_measurements(measurements)
     return 0
 
 

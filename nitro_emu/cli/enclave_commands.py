@@ -11,8 +11,8 @@ import sys
 from typing import NoReturn
 
 from devices.vsock.config import config_from_options
-from eif import jsonfmt
 from nitro_emu.cli import debug_options, vsock_options
+from nitro_emu.cli.common import print_json
 from nitro_emu.enclaves.errors import NitroCliError, NitroCliUsageError
 from nitro_emu.enclaves.spec import (RunSpec, parse_cid, parse_memory, parse_unsigned,
                                      read_config, U32_MAX)
@@ -32,11 +32,6 @@ class NitroCliParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise NitroCliUsageError(message)
-
-
-def print_json(value: object) -> None:
-    sys.stdout.write(jsonfmt.dumps_pretty(value) + "\n")
-    sys.stdout.flush()
 
 
 def _store():

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 
 from eif.errors import EifError
-from eif.jsonfmt import Fields
-from nitro_emu.cli.enclave_commands import NitroCliParser, print_json
+from nitro_emu.cli.common import print_measurements
+from nitro_emu.cli.enclave_commands import NitroCliParser
 from nitro_emu.enclaves.errors import NitroCliError
 
 
@@ -33,5 +33,5 @@ def main(argv: list[str]) -> int:
     except EifError as error:
         raise NitroCliError(35, f"{error}.") from None
     print("Enclave Image successfully signed.", file=sys.stderr)
-    print_json(Fields([("Measurements", Fields(measurements.to_json_dict().items()))]))
+    print_measurements(measurements)
     return 0
