@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 import secrets
 
+from devices.vsock.packet import MAX_GUEST_CID
 from nitro_emu.enclaves.errors import NitroCliError
-from nitro_emu.enclaves.spec import U32_MAX
 
 FIRST_AUTO_CID = 16          # Nitro hands out enclave CIDs from 16 up
 ASSET_TAG = "/sys/devices/virtual/dmi/id/board_asset_tag"
@@ -28,7 +28,7 @@ def choose_cid(requested: int | None, in_use: dict[int, str]) -> int:
     cid = FIRST_AUTO_CID
     while cid in in_use:
         cid += 1
-    if cid >= U32_MAX:
+    if cid > MAX_GUEST_CID:
         raise NitroCliError(29, "No free enclave CID is left.")
     return cid
 

@@ -14,14 +14,15 @@ import re
 from dataclasses import dataclass, field
 
 from devices.vsock import check_guest_cid
+from devices.vsock.packet import CID_ANY, CID_PARENT
 from eif.errors import FileError
 from eif.files import InputKind, open_input
 from nitro_emu.debug.config import parse_gdb_address
 from nitro_emu.enclaves.errors import NitroCliError
 
-U32_MAX = 0xFFFFFFFF
-U64_MAX = 0xFFFFFFFFFFFFFFFF
-PARENT_CID = 3
+# The widths of nitro-cli's integer arguments (u32, u64), not CIDs.
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
 CONFIG_FILE_LIMIT = 1 << 20
 CONFIG_FILE = InputKind("config file")     # its size is checked as nitro-cli's E17
 _UNSIGNED = re.compile(r"\+?[0-9]+")
@@ -118,9 +119,9 @@ def check_cid(cid: int) -> int:
         return check_guest_cid(cid)
     except ValueError:
         pass
-    if cid <= 2 or cid == U32_MAX:
+    if cid <= 2 or cid == CID_ANY:
         raise NitroCliError(3, f"CID {cid} is a well-known CID, not to be used for enclaves.")
-    if cid == PARENT_CID:
+    if cid == CID_PARENT:
         raise NitroCliError(3, f"CID {cid} is the CID of the parent VM, not to be used for "
                                "enclaves.")
     raise NitroCliError(3, f"CID {cid} is higher than the maximum supported (u32 max) "
