@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import secrets
 
 from devices.nsm import NsmDevice, NsmHandler, PcrBank
@@ -12,18 +11,17 @@ from devices.nsm.handler import FIELD_LIMIT, NsmRequestError
 from devices.nsm.pcr import BOOT_LOCKED, PCR_SIZE
 from eif.pcr import pcr_of_string
 from nitro_emu.attestation.errors import AttestationError
+from nitro_emu.attestation.module_id import is_instance_id, module_id
 
 log = logging.getLogger("nitro_emu.attestation")
-
-_INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 
 
 def make_module_id(parent_id: str | None = None) -> str:
     """A module id shaped like Nitro's `i-<instance>-enc<16 hex>`; the instance part is
     `parent_id` when that looks like an EC2 instance id, else random."""
-    instance = parent_id if parent_id and _INSTANCE_ID.fullmatch(parent_id) else \
+    instance = parent_id if parent_id and is_instance_id(parent_id) else \
         "i-" + secrets.token_hex(9)[:17]
-    return f"{instance}-enc{secrets.token_hex(8)}"
+    return module_id(instance, secrets.token_hex(8))
 
 
 def boot_pcrs(*, pcr0: bytes, pcr1: bytes, pcr2: bytes, pcr8: bytes | None,

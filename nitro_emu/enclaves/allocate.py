@@ -5,16 +5,16 @@ Called under the store's creation lock with the enclaves that are alive, so conc
 """
 from __future__ import annotations
 
-import re
 import secrets
 
 from devices.vsock.packet import MAX_GUEST_CID
+from nitro_emu.attestation.module_id import enclave_hex, is_instance_id, module_id
 from nitro_emu.enclaves.errors import NitroCliError
+from nitro_emu.enclaves.store import is_slot
 
 FIRST_AUTO_CID = 16          # Nitro hands out enclave CIDs from 16 up
 ASSET_TAG = "/sys/devices/virtual/dmi/id/board_asset_tag"
 NO_INSTANCE = "i-0000000000000000"
-_INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
 
 
 def choose_cid(requested: int | None, in_use: dict[int, str]) -> int:
@@ -58,18 +58,16 @@ def instance_id() -> str:
             tag = file.read(64).strip()
     except OSError:
         return NO_INSTANCE
-    return tag if _INSTANCE_ID.fullmatch(tag) else NO_INSTANCE
+    return tag if is_instance_id(tag) else NO_INSTANCE
 
 
 def enclave_id(slot: str, instance: str | None = None) -> str:
     """nitro-cli's ID form: `<instance>-enc<slot in hex>`."""
-    return f"{instance or instance_id()}-enc{slot}"
+    return module_id(instance or instance_id(), slot)
 
 
 def slot_of(enclave_id_text: str) -> str | None:
     """The slot an enclave ID names (the hex after its last `-enc`, as nitro-cli finds the
     enclave's socket), or None if it cannot name one."""
-    tail = enclave_id_text.rsplit("-enc", 1)[-1]
-    if 0 < len(tail) <= 16 and all(c in "0123456789abcdef" for c in tail):
-        return tail
-    return None
+    tail = enclave_hex(enclave_id_text)
+    return tail if is_slot(tail) else None

@@ -117,7 +117,8 @@ class EnclavePaths:
         self.post_mortem = directory / POST_MORTEM
 
 
-def _is_slot(name: str) -> bool:
+def is_slot(name: str) -> bool:
+    """Whether `name` is an enclave slot: 1 to 16 lowercase hex digits."""
     return 0 < len(name) <= 16 and all(c in "0123456789abcdef" for c in name)
 
 
@@ -156,7 +157,7 @@ class EnclaveStore:
             os.close(fd)
 
     def paths(self, slot: str) -> EnclavePaths:
-        if not _is_slot(slot):
+        if not is_slot(slot):
             raise ValueError(f"not an enclave slot: {slot!r}")
         return EnclavePaths(self.root / slot)
 
@@ -168,7 +169,7 @@ class EnclaveStore:
         except OSError as error:
             raise NitroCliError(7, f"Cannot read the enclaves directory {self.root}: "
                                    f"{error.strerror or error}.") from None
-        return sorted(name for name in names if _is_slot(name))
+        return sorted(name for name in names if is_slot(name))
 
     # -- records ---------------------------------------------------------------------------
 
