@@ -238,7 +238,8 @@ def test_liveness_is_the_lock_and_dead_enclaves_are_reaped(tmp_path):
         socket_file.bind(str(store.paths(dead.slot).control))
         socket_file.close()
         with store.locked():
-            store.reap()
+            running = store.reap()
+        assert [r.slot for r in running] == [alive.slot]           # what live() says
         reaped = store.read(dead.slot)
         assert (reaped.state, reaped.end_reason) == (EXITED, "killed")
         assert not store.paths(dead.slot).control.exists()

@@ -65,8 +65,7 @@ def launch(store: EnclaveStore, spec: RunSpec,
     guest starts; `on_announce(line)` for each message of its GDB stub meanwhile."""
     timeout = boot_timeout() if timeout is None else timeout
     with store.locked():
-        store.reap()
-        running = store.live()
+        running = store.reap()
         cid = allocate.choose_cid(spec.enclave_cid, {r.cid: r.enclave_id for r in running})
         name = allocate.unique_name(spec.enclave_name if spec.enclave_name is not None
                                     else spec.default_name, {r.name for r in running})

@@ -189,8 +189,5 @@ def terminate(store: EnclaveStore, record: EnclaveRecord) -> Fields:
     _wait_exited(pid)
     current = store.read(record.slot)
     if current is not None and current.state != EXITED:     # it was killed: say so
-        store.update(record.slot, state=EXITED, ended=time.time(), end_reason="killed",
-                     end_message="terminated by signal")
-        remove_socket(store.paths(record.slot).control)
-        remove_socket(record.vsock_uds)
+        store.mark_killed(current, "terminated by signal")
     return json_output.terminate_info(record)

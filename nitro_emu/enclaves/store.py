@@ -224,42 +224,67 @@ class EnclaveStore:
 
     def live(self) -> list[EnclaveRecord]:
         """Records of the enclaves whose process is alive, oldest first."""
-        records = []
-        for slot in self.slots():
-            record = self.read(slot)
-            if record is not None and record.state != EXITED and self.is_alive(slot):
-                records.append(record)
-        return sorted(records, key=lambda r: (r.created, r.slot))
+        return self._survey().live
 
     def ended(self) -> list[EnclaveRecord]:
         """Records of enclaves that are gone (their logs are kept), newest first."""
-        records = []
+        return self._survey().ended
+
+    def _survey(self) -> _Survey:
+        """Every enclave directory, its lock and its record each read once."""
+        survey = _Survey()
         for slot in self.slots():
+            alive = self.is_alive(slot)   # first: the record of a dead enclave is final
             record = self.read(slot)
-            if record is not None and not self.is_alive(slot):
-                records.append(record)
-        return sorted(records, key=lambda r: (r.ended or r.created), reverse=True)
+            if record is None:
+                if not alive:
+                    survey.broken.append(slot)
+            elif not alive:
+                survey.ended.append(record)
+            elif record.state != EXITED:
+                survey.live.append(record)
+        survey.sort()
+        return survey
+
+    def mark_killed(self, record: EnclaveRecord, message: str) -> EnclaveRecord:
+        """Record that the enclave of `record` ended without saying so (its process was
+        killed) and remove the sockets it left; the updated record."""
+        updated = self.update(record.slot, state=EXITED, ended=time.time(),
+                              end_reason="killed", end_message=message)
+        remove_socket(self.paths(record.slot).control)
+        remove_socket(record.vsock_uds)
+        return updated or record
 
     # -- housekeeping (under the creation lock) -------------------------------------------
 
-    def reap(self) -> None:
+    def reap(self) -> list[EnclaveRecord]:
         """Mark enclaves whose process died without saying so as exited, remove their
-        sockets, drop half-created directories and all but the newest KEEP_EXITED logs."""
-        for slot in self.slots():
-            paths = self.paths(slot)
-            if self.is_alive(slot):
-                continue
-            record = self.read(slot)
-            if record is None:
-                shutil.rmtree(paths.directory, ignore_errors=True)
-                continue
-            if record.state != EXITED:
-                self.update(slot, state=EXITED, ended=time.time(), end_reason="killed",
-                            end_message="the enclave process ended without recording why")
-                remove_socket(paths.control)
-                remove_socket(record.vsock_uds)
-        for record in self.ended()[KEEP_EXITED:]:
+        sockets, drop half-created directories and all but the newest KEEP_EXITED logs.
+        Returns the live enclaves (as `live()`, from the same reading)."""
+        survey = self._survey()
+        for slot in survey.broken:
+            shutil.rmtree(self.paths(slot).directory, ignore_errors=True)
+        survey.ended = [self.mark_killed(record, "the enclave process ended without "
+                                                 "recording why")
+                        if record.state != EXITED else record for record in survey.ended]
+        survey.sort()
+        for record in survey.ended[KEEP_EXITED:]:
             shutil.rmtree(self.paths(record.slot).directory, ignore_errors=True)
+        return survey.live
+
+
+@dataclass
+class _Survey:
+    """The enclaves directory as read at one moment: live records (oldest first), ended
+    ones (newest first), and slots of dead directories without a readable record."""
+
+    live: list[EnclaveRecord] = field(default_factory=list)
+    ended: list[EnclaveRecord] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+
+    def sort(self) -> None:
+        self.live.sort(key=lambda r: (r.created, r.slot))
+        self.ended.sort(key=lambda r: (r.ended or r.created), reverse=True)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
