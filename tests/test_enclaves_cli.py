@@ -91,11 +91,17 @@ def test_missing_and_corrupt_eifs(cli, tmp_path):
     assert not list((tmp_path / "state").glob("enclaves/*/"))    # nothing was started
 
 
-def test_memory_limits(cli, small_eif):
+def test_memory_limits(cli, small_eif, tmp_path):
     assert_nitro_error(cli("run-enclave", "--eif-path", small_eif, "--cpu-count", "2",
                            "--memory", "64"), 26, "is 64 MB", "should be 84 MB")
     assert_nitro_error(cli("run-enclave", "--eif-path", small_eif, "--cpu-count", "2",
-                           "--memory", "4G"), 27, "4096 MB")
+                           "--memory", "4G"), 27, "4096 MB", "(3072 MB)")
+    (tmp_path / "kernel").write_bytes(bytes(4096))     # 4 x 1 MB is enough for nitro-cli
+    tiny = tmp_path / "tiny.eif"
+    build_eif(tiny, kernel=tmp_path / "kernel", cmdline="console=ttyS0",
+              ramdisks=[tmp_path / "ramdisk"], build_time="2024-01-01T00:00:00+00:00")
+    assert_nitro_error(cli("run-enclave", "--eif-path", tiny, "--cpu-count", "2",
+                           "--memory", "32"), 26, "is 32 MB", "at least 64 MB")
 
 
 def test_config_files(cli, small_eif, tmp_path):

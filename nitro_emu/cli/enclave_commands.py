@@ -130,7 +130,7 @@ def _check_image(spec: RunSpec) -> None:
 
     from eif.errors import EifError, FileError
     from eif.reader import read_eif
-    from nitro_emu.limits import MAX_MEMORY_MIB, MIN_MEMORY_MIB
+    from nitro_emu.limits import MemorySizeError, check_memory_mib
 
     try:
         size = os.stat(spec.eif_path).st_size
@@ -152,12 +152,15 @@ def _check_image(spec: RunSpec) -> None:
         raise NitroCliError(26, f"User provided `memory` is {spec.memory_mib} MB, but based "
                                 f"on the EIF file size, the minimum memory should be "
                                 f"{needed} MB.")
-    if spec.memory_mib < MIN_MEMORY_MIB:
+    try:
+        check_memory_mib(spec.memory_mib)
+    except MemorySizeError as error:
+        if error.too_large:
+            raise NitroCliError(27, f"User provided `memory` is {spec.memory_mib} MB, which "
+                                    f"is more than nitro-emu gives an enclave ({error.limit} "
+                                    "MB).") from None
         raise NitroCliError(26, f"User provided `memory` is {spec.memory_mib} MB, but "
-                                f"nitro-emu gives an enclave at least {MIN_MEMORY_MIB} MB.")
-    if spec.memory_mib > MAX_MEMORY_MIB:
-        raise NitroCliError(27, f"User provided `memory` is {spec.memory_mib} MB, which is "
-                                f"more than nitro-emu gives an enclave ({MAX_MEMORY_MIB} MB).")
+                                f"nitro-emu gives an enclave at least {error.limit} MB.") from None
     if image.arch != "x86_64":
         raise NitroCliError(35, f"{spec.eif_path} is an {image.arch} EIF; the emulated "
                                 "enclave is x86_64.")
