@@ -70,7 +70,7 @@ def _run_parser() -> NitroCliParser:
                                                "file name)")
     parser.add_argument("--config", metavar="JSON", help="read the settings from a JSON "
                                                          "file instead of the flags")
-    vsock_options.add_arguments(parser)
+    vsock_options.add_arguments(parser, no_heartbeat=False)   # it waits for the heartbeat
     parser.add_argument("--parent-role", metavar="ARN",
                         help="IAM role ARN of the parent (measured into PCR3)")
     parser.add_argument("--parent-id", metavar="ID",
@@ -80,9 +80,6 @@ def _run_parser() -> NitroCliParser:
 
 
 def _run_spec(args: argparse.Namespace) -> RunSpec:
-    if not args.heartbeat:
-        raise NitroCliUsageError("the argument '--no-heartbeat' cannot be used with "
-                                 "run-enclave: it returns when the boot heartbeat arrives")
     if args.config is not None:
         given = [f for f in RUN_FLAGS if getattr(args, f) not in (None, False, [])]
         if given:

@@ -9,8 +9,9 @@ from devices.vsock.config import Publish, VsockConfig, config_from_options
 from devices.vsock.host_port import format_host_port
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the vsock options to `parser` (--forward and --publish are repeatable)."""
+def add_arguments(parser: argparse.ArgumentParser, no_heartbeat: bool = True) -> None:
+    """Add the vsock options to `parser` (--forward and --publish are repeatable);
+    --no-heartbeat only with `no_heartbeat` (a verb that waits for the heartbeat has none)."""
     parser.add_argument("--forward", action="append", default=[],
                         metavar="PORT=tcp:HOST:PORT|unix:PATH|vsock:CID:PORT",
                         help="guest connections to parent port PORT (CID 3) go to this host "
@@ -24,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Firecracker hybrid vsock: host clients connect to PATH and "
                              "write 'CONNECT <port>'; guest connections to parent port P "
                              "go to the Unix socket PATH_P")
+    if not no_heartbeat:
+        return
     parser.add_argument("--no-heartbeat", dest="heartbeat", action="store_false",
                         help="do not answer the boot heartbeat on parent port 9000 and tell "
                              "the guest's init to skip it (needed to --forward port 9000)")
