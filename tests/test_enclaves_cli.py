@@ -12,6 +12,7 @@ import tomllib
 import pytest
 
 from eif.builder import build_eif
+from nitro_emu.enclaves.errors import NitroCliError, NitroCliUsageError
 from support.enclave_cli import ROOT, NitroCli, assert_nitro_error
 from test_eif_signing import make_certificate
 
@@ -59,6 +60,22 @@ def test_bad_command_lines_exit_2_as_clap(cli, small_eif):
     assert_usage_error(cli("console", "--enclave-id", "a", "--enclave-name", "b"), "cannot")
     assert_usage_error(cli("no-such-verb"), "no-such-verb")
     assert_usage_error(cli("describe-eif"), "--eif-path")
+
+
+@pytest.mark.parametrize("flag", [["--eif-path", "x.eif"], ["--cpu-ids", "1"], ["--debug-mode"],
+                                  ["--enclave-name", "n"], ["--forward", "1=unix:/s"],
+                                  ["--publish", "0:1"], ["--vsock-uds", "/v"],
+                                  ["--parent-role", "r"], ["--parent-id", "i"],
+                                  ["--gdb", "0"], ["--trace", "io"], ["--system-map", "m"],
+                                  ["--post-mortem", "p"]])
+def test_every_setting_flag_conflicts_with_config(tmp_path, flag):
+    from nitro_emu.cli.enclave_commands import main
+    with pytest.raises(NitroCliUsageError, match=f"'--config <json-config>' cannot be used "
+                                                 f"with '{flag[0]}'"):
+        main(["run-enclave", "--config", str(tmp_path / "c.json"), *flag])
+    with pytest.raises(NitroCliError) as error:        # --attach-console goes with it
+        main(["run-enclave", "--config", str(tmp_path / "c.json"), "--attach-console"])
+    assert error.value.code == 19
 
 
 @pytest.mark.parametrize("cid, words", [("1", "well-known"), ("2", "well-known"),

@@ -17,9 +17,8 @@ from nitro_emu.enclaves.errors import NitroCliError, NitroCliUsageError
 from nitro_emu.enclaves.spec import (RunSpec, parse_cid, parse_memory, parse_unsigned,
                                      read_config, U32_MAX)
 
-RUN_FLAGS = ("eif_path", "cpu_count", "cpu_ids", "memory", "enclave_cid", "debug_mode",
-             "enclave_name", "forward", "publish", "vsock_uds", "parent_role", "parent_id",
-             "gdb", "gdb_wait", "trace", "trace_file", "system_map", "post_mortem")
+# run-enclave's options that may come with --config; it replaces every other one.
+WITH_CONFIG = ("config", "attach_console")
 
 
 class NitroCliParser(argparse.ArgumentParser):
@@ -79,9 +78,11 @@ def _run_parser() -> NitroCliParser:
     return parser
 
 
-def _run_spec(args: argparse.Namespace) -> RunSpec:
+def _run_spec(parser: NitroCliParser, args: argparse.Namespace) -> RunSpec:
     if args.config is not None:
-        given = [f for f in RUN_FLAGS if getattr(args, f) not in (None, False, [])]
+        defaults = vars(parser.parse_args([]))
+        given = [dest for dest, default in defaults.items()
+                 if dest not in WITH_CONFIG and getattr(args, dest) != default]
         if given:
             raise NitroCliUsageError(f"the argument '--config <json-config>' cannot be used "
                                      f"with '--{given[0].replace('_', '-')}'")
@@ -171,7 +172,8 @@ def run_enclave(argv: list[str]) -> int:
     from nitro_emu.enclaves import json_output
     from nitro_emu.enclaves.launch import launch
 
-    spec = _run_spec(_run_parser().parse_args(argv))
+    parser = _run_parser()
+    spec = _run_spec(parser, parser.parse_args(argv))
     _check_image(spec)
     print("Start allocating memory...", file=sys.stderr)
 
