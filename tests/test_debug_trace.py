@@ -22,7 +22,7 @@ from nitro_emu import Machine
 from nitro_emu.cpu.cpuid import CpuidModel, host_tsc_hz
 from nitro_emu.cpu.delivery import ExceptionDelivery
 from nitro_emu.cpu.vcpu import Vcpu
-from nitro_emu.debug.config import DebugConfig
+from nitro_emu.debug.config import DebugConfig, DebugOptionsError
 from nitro_emu.debug.syscalls import format_call, quote
 from nitro_emu.debug.trace import parse_events
 
@@ -121,6 +121,19 @@ def test_debug_options_errors_are_one_line(options: list[str], message: str) -> 
                                 *options], capture_output=True, text=True, cwd=ROOT)
     assert completed.returncode != 0
     assert message in completed.stderr and len(completed.stderr.strip().splitlines()) == 1
+
+
+def test_debug_config_checks_options_that_need_another() -> None:
+    """The one check every verb words its own way (run: one line; run-enclave: clap's
+    usage error for flags, E01 for --config)."""
+    with pytest.raises(DebugOptionsError) as error:
+        DebugConfig(trace_file="t.txt")
+    assert (error.value.option, error.value.required) == ("trace-file", "trace")
+    with pytest.raises(DebugOptionsError) as error:
+        DebugConfig(gdb_wait=True, trace=frozenset({"io"}))
+    assert (error.value.option, error.value.required) == ("gdb-wait", "gdb")
+    assert not DebugConfig().wanted and DebugConfig(trace=frozenset({"io"})).wanted
+    assert DebugConfig(gdb=("127.0.0.1", 0), gdb_wait=True).wanted
 
 
 def test_events_parse() -> None:

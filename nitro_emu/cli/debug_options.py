@@ -8,9 +8,11 @@ import argparse
 
 from eif.errors import FileError
 from eif.files import open_input, write_output
-from nitro_emu.debug.config import DEFAULT_GDB_HOST, DebugConfig, parse_gdb_address
+from nitro_emu.debug.config import (DEFAULT_GDB_HOST, DebugConfig, DebugOptionsError,
+                                    parse_gdb_address)
 from nitro_emu.debug.symbols import SYSTEM_MAP
 from nitro_emu.errors import UsageError
+
 
 def check_system_map(path: str) -> None:
     """FileError unless `path` is a regular file a System.map could be (eif.files)."""
@@ -57,19 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser, default_output: str = "stderr
 
 def config_from_args(args: argparse.Namespace) -> DebugConfig | None:
     """The DebugConfig the options ask for, or None when they ask for nothing."""
-    if args.gdb_wait and args.gdb is None:
-        raise UsageError("--gdb-wait needs --gdb [HOST:]PORT")
-    if args.trace_file is not None and not args.trace:
-        raise UsageError("--trace-file needs --trace EVENTS")
+    try:
+        config = DebugConfig(gdb=args.gdb, gdb_wait=args.gdb_wait,
+                             trace=args.trace or frozenset(), trace_file=args.trace_file)
+    except DebugOptionsError as error:
+        raise UsageError(f"--{error.option} needs --{error.required} {error.metavar}") from None
     if args.system_map is not None:
         try:
             check_system_map(args.system_map)
         except FileError as error:
             raise UsageError(f"--system-map: {error}") from None
-    if args.gdb is None and not args.trace:
-        return None
-    return DebugConfig(gdb=args.gdb, gdb_wait=args.gdb_wait,
-                       trace=args.trace or frozenset(), trace_file=args.trace_file)
+    return config if config.wanted else None
 
 
 def post_mortem(machine, result, args: argparse.Namespace) -> tuple[str, list[str]]:

@@ -13,6 +13,7 @@ from typing import NoReturn
 from devices.vsock.config import config_from_options
 from nitro_emu.cli import debug_options, vsock_options
 from nitro_emu.cli.common import print_json
+from nitro_emu.debug.config import DebugOptionsError
 from nitro_emu.enclaves.errors import NitroCliError, NitroCliUsageError
 from nitro_emu.enclaves.spec import (RunSpec, parse_cid, parse_memory, parse_unsigned,
                                      read_config, U32_MAX)
@@ -100,13 +101,17 @@ def _run_spec(parser: NitroCliParser, args: argparse.Namespace) -> RunSpec:
     if args.cpu_count is not None and args.cpu_ids is not None:
         raise NitroCliUsageError("the argument '--cpu-count <cpu-count>' cannot be used "
                                  "with '--cpu-ids <cpu-ids>...'")
-    if args.gdb_wait and args.gdb is None:
-        raise NitroCliUsageError("the argument '--gdb-wait' requires '--gdb <[HOST:]PORT>'")
-    if args.trace_file is not None and not args.trace:
-        raise NitroCliUsageError("the argument '--trace-file' requires '--trace <EVENTS>'")
     if args.enclave_cid is not None and parse_unsigned(args.enclave_cid, "enclave-cid") == 0:
         print("The enclave CID will be auto-generated as the provided CID is 0",
               file=sys.stderr)
+    try:
+        return _spec_from_flags(args)
+    except DebugOptionsError as error:
+        raise NitroCliUsageError(f"the argument '--{error.option}' requires "
+                                 f"'--{error.required} <{error.metavar}>'") from None
+
+
+def _spec_from_flags(args: argparse.Namespace) -> RunSpec:
     return RunSpec(
         eif_path=args.eif_path, memory_mib=parse_memory(args.memory),
         cpu_count=None if args.cpu_count is None else

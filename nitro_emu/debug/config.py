@@ -19,6 +19,16 @@ class DebugError(NitroEmuError):
     """Debugging tools that cannot be set up as asked (a busy port, an unwritable file)."""
 
 
+class DebugOptionsError(ValueError):
+    """A debugging option given without the one it needs: `option` needs `required`, whose
+    value is a `metavar` (names as on the command line, without dashes; each verb words
+    the error its own way)."""
+
+    def __init__(self, option: str, required: str, metavar: str) -> None:
+        super().__init__(f"{option} needs {required} {metavar}")
+        self.option, self.required, self.metavar = option, required, metavar
+
+
 def parse_gdb_address(text: str) -> tuple[str, int]:
     """`PORT`, `HOST:PORT` or `[IPv6]:PORT` as (host, port) (devices.vsock.host_port, the
     grammar of --forward and --publish too); the host defaults to 127.0.0.1 (the debugger
@@ -48,5 +58,14 @@ class DebugConfig:
     announce: Callable[[str], None] = field(default=_to_stderr)
 
     def __post_init__(self) -> None:
+        """DebugOptionsError if an option lacks the one it needs (the one place this is
+        checked: the verbs build a DebugConfig to check their options)."""
         if self.gdb_wait and self.gdb is None:
-            raise ValueError("waiting for a debugger needs a GDB stub address")
+            raise DebugOptionsError("gdb-wait", "gdb", "[HOST:]PORT")
+        if self.trace_file is not None and not self.trace:
+            raise DebugOptionsError("trace-file", "trace", "EVENTS")
+
+    @property
+    def wanted(self) -> bool:
+        """Whether it asks for any tool (a machine without one gets `debug=None`)."""
+        return self.gdb is not None or bool(self.trace)

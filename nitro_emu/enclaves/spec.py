@@ -17,7 +17,7 @@ from devices.vsock import check_guest_cid
 from devices.vsock.packet import CID_ANY, CID_PARENT
 from eif.errors import FileError
 from eif.files import InputKind, open_input
-from nitro_emu.debug.config import parse_gdb_address
+from nitro_emu.debug.config import DebugConfig, DebugOptionsError, parse_gdb_address
 from nitro_emu.enclaves.errors import NitroCliError
 
 # The widths of nitro-cli's integer arguments (u32, u64), not CIDs.
@@ -32,7 +32,9 @@ _MEMORY_UNITS = {"": 1, "M": 1, "m": 1, "G": 1024, "g": 1024, "T": 1 << 20, "t":
 @dataclass
 class RunSpec:
     """One `run-enclave` request. `enclave_cid` None (or 0) lets nitro-emu choose one;
-    `cpu_count` and `cpu_ids` exclude each other."""
+    `cpu_count` and `cpu_ids` exclude each other. A bad value is a NitroCliError; a
+    debugging option without the one it needs is DebugConfig's DebugOptionsError, which
+    the caller words (clap's usage error for flags, E01 for a config file)."""
 
     eif_path: str
     memory_mib: int
@@ -70,10 +72,8 @@ class RunSpec:
             self.enclave_cid = None
         if self.enclave_cid is not None:
             check_cid(self.enclave_cid)
-        if self.gdb_wait and self.gdb is None:
-            raise NitroCliError(1, "`gdb-wait` needs `gdb` ([HOST:]PORT of the GDB stub).")
-        if self.trace_file is not None and not self.trace:
-            raise NitroCliError(1, "`trace-file` needs `trace` (the events to trace).")
+        DebugConfig(gdb=self.gdb, gdb_wait=self.gdb_wait, trace=self.trace,
+                    trace_file=self.trace_file)
 
     @property
     def default_name(self) -> str:
@@ -209,7 +209,11 @@ def spec_from_config(document: object, where: str = "config") -> RunSpec:
         values["gdb"] = parse_gdb(values["gdb"])
     if "trace" in values:
         values["trace"] = parse_trace(values["trace"])
-    return RunSpec(**values)
+    try:
+        return RunSpec(**values)
+    except DebugOptionsError as error:
+        raise NitroCliError(1, f"`{error.option}` needs `{error.required}` "
+                               f"({error.metavar}).") from None
 
 
 def parse_gdb(text: str) -> tuple[str, int]:
