@@ -209,6 +209,25 @@ def test_signalled_and_killed_enclaves_are_gone_and_their_cid_reused(cli):
     assert not (enclave_dir(cli, second["EnclaveID"]) / "control.sock").exists()   # reaped
 
 
+def test_a_stop_signal_ignored_at_start_stays_ignored(cli):
+    """As for the run verb (nitro_emu.stop_signals): run-enclave under nohup starts an
+    enclave that SIGHUP does not stop; SIGTERM still does."""
+    started = subprocess.run(
+        [sys.executable, "-m", "nitro_emu.cli.nitro_cli", "run-enclave", "--eif-path",
+         guest_image("echo.eif"), "--cpu-count", "2", "--memory", "128"],
+        capture_output=True, text=True, env=cli.env, stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN), timeout=900)
+    assert started.returncode == 0, started.stderr
+    run = json.loads(started.stdout)
+    os.kill(run["ProcessID"], signal.SIGHUP)        # discarded: it is ignored
+    assert [d["State"] for d in cli.json("describe-enclaves")] == ["RUNNING"]
+    assert echo_through(cli, run["EnclaveCID"], "still here\n") == "still here\n"
+    os.kill(run["ProcessID"], signal.SIGTERM)
+    assert not pid_alive(run["ProcessID"], settle=30)
+    record = json.loads((enclave_dir(cli, run["EnclaveID"]) / "record.json").read_text())
+    assert (record["state"], record["end_message"]) == ("EXITED", "terminated by SIGTERM")
+
+
 def test_ten_enclaves_started_at_once(cli):
     started = time.monotonic()
     runs = [cli.popen("run-enclave", "--eif-path", guest_image("echo.eif"), "--cpu-count", "2",

@@ -9,9 +9,9 @@ import sys
 from devices.vsock.packet import check_guest_cid
 from nitro_emu.cli import debug_options, vsock_options
 from nitro_emu.cli.common import ArgumentParser, say
-from nitro_emu.cli.stop_signals import StopSignals
 from nitro_emu.errors import UsageError
 from nitro_emu.limits import check_memory_mib
+from nitro_emu.stop_signals import StopSignals
 
 # A run's idle wait cannot be longer than a poll can wait (2**31 ms, about 24.8 days).
 MAX_TIMEOUT_S = 24 * 86400

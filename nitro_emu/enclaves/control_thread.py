@@ -14,11 +14,8 @@ import signal
 import threading
 
 from board.reactor import HostReactor
+from nitro_emu.stop_signals import STOP_SIGNALS
 
-# The enclave process's stop signals are handled on the main (emulator) thread; blocked
-# here, the kernel never delivers them to this thread, where they would go unnoticed
-# while the main thread sleeps in select.
-_MAIN_THREAD_SIGNALS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
 JOIN_SECONDS = 5.0
 
 
@@ -32,7 +29,10 @@ class ServingThread:
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
 
     def start(self) -> None:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+        # The stop signals are handled on the main (emulator) thread; blocked here, the
+        # kernel never delivers them to this thread, where they would go unnoticed while
+        # the main thread sleeps in select.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             self._thread.start()          # the thread inherits the blocked signals
         finally:

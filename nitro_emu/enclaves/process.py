@@ -12,7 +12,8 @@ code and a message). The pipe is closed after `booted`, `waiting` or `failed`, a
 returns.
 
 The process then runs the machine until the guest ends, `terminate-enclave` asks it to
-stop (control socket), or it gets SIGTERM/SIGHUP/SIGINT; it records how the enclave ended
+stop (control socket), or it gets a stop signal (nitro_emu.stop_signals: SIGTERM, SIGHUP
+or SIGINT, unless ignored when it started, as SIGHUP under nohup); it records how the enclave ended
 and removes its sockets. The console (debug mode) goes to console.log, which stays; so
 does post-mortem.txt, the report of an enclave that died (nitro_emu.debug.postmortem).
 The control socket is served on a thread of its own (control_thread.py): a debugger may
@@ -26,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -43,6 +43,7 @@ from nitro_emu.enclaves.control_thread import ServingThread
 from nitro_emu.enclaves.store import (EXITED, RUNNING, STARTING, TERMINATING,
                                       WAITING_FOR_DEBUGGER, EnclaveRecord, EnclaveStore)
 from nitro_emu.errors import NitroEmuError
+from nitro_emu.stop_signals import StopSignals
 
 log = logging.getLogger("nitro_emu.enclaves")
 
@@ -71,7 +72,7 @@ class EnclaveProcess:
         self.machine = None
         self.booted = False
         self.terminating = False
-        self.stop_signal: int | None = None
+        self.signals = StopSignals()
         self._console: ConsoleFile | None = None
         # booted and terminating change on both threads (heartbeat, control requests)
         self._state_lock = threading.Lock()
@@ -196,8 +197,8 @@ class EnclaveProcess:
         self.machine.stop()     # wakes the emulator thread even when the guest idles
         return {"ok": True}
 
-    def on_signal(self, number: int, _frame) -> None:
-        self.stop_signal = number
+    def on_stop_signal(self) -> None:
+        """A stop signal came (on the main thread, between two bytecodes of anything)."""
         self.terminating = True
         if self.machine is not None:
             self.machine.stop()
@@ -212,19 +213,19 @@ class EnclaveProcess:
                                     "missing or unreadable.")
             return 1
         self.report("spawned", pid=os.getpid())
-        for number in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(number, self.on_signal)
-        control = ControlServer(str(self.paths.control),
-                                {"describe": self.describe, "terminate": self.terminate})
-        serving = ServingThread()
-        try:
-            return self._run_machine(control, serving)
-        finally:
-            serving.stop()
-            control.close()
-            serving.close()
-            if self._console is not None:
-                self._console.close()
+        with self.signals:
+            self.signals.connect(self.on_stop_signal)
+            control = ControlServer(str(self.paths.control),
+                                    {"describe": self.describe, "terminate": self.terminate})
+            serving = ServingThread()
+            try:
+                return self._run_machine(control, serving)
+            finally:
+                serving.stop()
+                control.close()
+                serving.close()
+                if self._console is not None:
+                    self._console.close()
 
     def _run_machine(self, control: ControlServer, serving: ServingThread) -> int:
         try:
@@ -239,7 +240,7 @@ class EnclaveProcess:
             self.started()
             result = None
             try:
-                if self.stop_signal is None:
+                if self.signals.received is None:
                     result = self.machine.run()
             finally:
                 serving.stop()         # refuse requests at once: the enclave is ending
@@ -267,8 +268,8 @@ class EnclaveProcess:
 
     def outcome(self, result) -> tuple[str, str]:
         """(reason, message) of the enclave's end."""
-        if self.stop_signal is not None:
-            return "terminated", f"terminated by {signal.Signals(self.stop_signal).name}"
+        if self.signals.received is not None:
+            return "terminated", f"terminated by {self.signals.received.name}"
         if result is None or self.terminating:
             return "terminated", "terminated on request"
         return result.reason, result.message

@@ -1,10 +1,13 @@
-"""SIGINT, SIGTERM and SIGHUP end a run the same clean way.
+"""SIGINT, SIGTERM and SIGHUP end a run the same clean way, in the run verb and in a
+background enclave's process alike.
 
 A handler may run at any point of the emulator's loop, so it only records the signal and
-asks for a stop (`Machine.stop` ends the current CPU slice); the verb then leaves through
-its ordinary path, which gives the terminal back, closes sockets and removes socket files,
-and exits with 128 + the signal's number (130, 143, 129): what a shell reports for a
-process that signal ended.
+asks for a stop (`Machine.stop` ends the current CPU slice); the program then leaves
+through its ordinary path, which gives the terminal back, closes sockets and removes
+socket files. The run verb exits with 128 + the signal's number (130, 143, 129): what a
+shell reports for a process that signal ended; an enclave process records the signal as
+its end. Other threads block STOP_SIGNALS (enclaves.control_thread), so that the kernel
+hands them to the main thread, where the handler runs.
 """
 from __future__ import annotations
 
