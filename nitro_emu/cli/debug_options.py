@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from eif.errors import FileError
-from eif.files import open_input, write_output
+from eif.files import open_input
 from nitro_emu.debug.config import (DEFAULT_GDB_HOST, DebugConfig, DebugOptionsError,
                                     parse_gdb_address)
 from nitro_emu.debug.symbols import SYSTEM_MAP
@@ -77,17 +77,15 @@ def post_mortem(machine, result, args: argparse.Namespace) -> tuple[str, list[st
     report, to be printed on stderr after the one-line reason, or written to
     --post-mortem's file. Returns what the one-line reason should add (naming the file)
     and the lines for stderr."""
-    from nitro_emu.debug.postmortem import REPORTED, report_lines
-    from nitro_emu.debug.symbols import system_map_beside
-    if result.reason not in REPORTED:
+    from nitro_emu.debug.postmortem import death_report, save_report
+    lines = death_report(machine.vcpu, result.reason, result.message, args.eif,
+                         args.system_map)
+    if lines is None:
         return "", []
-    system_map = args.system_map or system_map_beside(args.eif)
-    lines = report_lines(machine.vcpu, f"{result.reason}: {result.message}", system_map)
     if args.post_mortem is None:
         return "", lines
     try:
-        write_output(args.post_mortem, ("\n".join(lines) + "\n").encode("utf-8"),
-                     "post-mortem report")
+        save_report(lines, args.post_mortem)
     except FileError as error:
         return f" (post-mortem report not written: {error})", lines
     return f" (post-mortem report in {args.post_mortem})", []

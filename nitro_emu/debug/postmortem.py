@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+from eif.files import write_output
 from nitro_emu.cpu.debugging import VirtualMemory
 from nitro_emu.cpu.vcpu import EFER_MSR, KERNEL_GS_BASE_MSR, Vcpu
 from nitro_emu.debug.disasm import around
 from nitro_emu.debug.registers import EFLAGS_BITS
-from nitro_emu.debug.symbols import SymbolError, SystemMap, find_slide
+from nitro_emu.debug.symbols import SymbolError, SystemMap, find_slide, system_map_beside
 from nitro_emu.debug.unwind import backtrace
 
 # The ends worth a report: the guest died or hung, as opposed to ending normally or
@@ -120,7 +121,18 @@ class PostMortem:
                 f"{symbols.describe(frame.address) or '(not kernel text)'}{note}")
 
 
-def report_lines(vcpu: Vcpu, headline: str, system_map: str | os.PathLike | None) -> list[str]:
+def death_report(vcpu: Vcpu, reason: str, message: str, image: str | os.PathLike,
+                 system_map: str | os.PathLike | None = None) -> list[str] | None:
+    """The report's lines for a run that ended with `reason` (None unless that is in
+    REPORTED), named with `system_map`, or else the System.map beside `image`'s kernel."""
+    if reason not in REPORTED:
+        return None
     lines: list[str] = []
-    PostMortem(vcpu, system_map).write(headline, lines.append)
+    PostMortem(vcpu, system_map or system_map_beside(image)).write(f"{reason}: {message}",
+                                                                   lines.append)
     return lines
+
+
+def save_report(lines: list[str], path: str | os.PathLike) -> None:
+    """Write the report to `path` (eif.files.write_output; FileError if it cannot be)."""
+    write_output(path, ("\n".join(lines) + "\n").encode("utf-8"), "post-mortem report")

@@ -34,7 +34,6 @@ from pathlib import Path
 
 from devices.vsock.host_port import format_host_port
 from eif.errors import EifError, FileError
-from eif.files import write_output
 from eif.jsonfmt import Fields, dumps_compact
 from nitro_emu.enclaves import json_output
 from nitro_emu.enclaves.console_log import ConsoleFile
@@ -278,24 +277,22 @@ class EnclaveProcess:
         """For an enclave that died (nitro_emu.debug.postmortem.REPORTED): its report in
         post-mortem.txt (and --post-mortem's file); the path, or None if none was due or
         it could not be written (said in process.log)."""
-        from nitro_emu.debug.postmortem import REPORTED, report_lines
-        from nitro_emu.debug.symbols import system_map_beside
-        if reason not in REPORTED:
-            return None
+        from nitro_emu.debug.postmortem import death_report, save_report
         record = self.record
-        system_map = record.system_map or system_map_beside(record.eif_path)
         try:
-            text = "\n".join(report_lines(self.machine.vcpu, f"{reason}: {message}",
-                                          system_map)) + "\n"
+            lines = death_report(self.machine.vcpu, reason, message, record.eif_path,
+                                 record.system_map)
         except Exception:          # the enclave's end is recorded even so
             log.exception("the post-mortem report failed")
+            return None
+        if lines is None:
             return None
         written = None
         for path in (self.paths.post_mortem, record.post_mortem):
             if path is None:
                 continue
             try:
-                write_output(path, text.encode("utf-8"), "post-mortem report")
+                save_report(lines, path)
             except FileError as error:
                 log.error("post-mortem report not written: %s", error)
                 continue
