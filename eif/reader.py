@@ -1,4 +1,6 @@
-"""Read and validate an EIF: `read_eif(path) -> EifImage` (docs/spec/eif.md §2-§10).
+"""Read and validate an EIF: `read_eif(path) -> EifImage` (docs/spec/eif.md §2-§10);
+`check_eif(path)` validates the same without hashing (a check before handing the file to
+a process that reads it).
 
 Stricter than both nitro-cli and QEMU, so that every file it accepts is read the same
 way by both: magic, a supported version, known header flags, zero reserved fields,
@@ -14,7 +16,7 @@ from __future__ import annotations
 import os
 import zlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Callable, TypeVar
 
 from eif import files, layout
 from eif.errors import EifError
@@ -36,6 +38,7 @@ MAX_SIGNATURE = 16 << 20
 MAX_KERNEL = 512 << 20
 _IN_MEMORY_LIMITS = {SectionType.CMDLINE: MAX_CMDLINE, SectionType.METADATA: MAX_METADATA,
                      SectionType.SIGNATURE: MAX_SIGNATURE}
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ class EifImage:
         self.path = path
         self.version: int = header["version"]
         self.flags: int = header["flags"]
-        self.arch = "aarch64" if self.flags & layout.FLAG_ARCH_AARCH64 else "x86_64"
+        self.arch = _arch(self.flags)
         self.default_mem: int = header["default_mem"]
         self.default_cpus: int = header["default_cpus"]
         self.sections = sections
@@ -145,6 +148,18 @@ class EifImage:
         return total
 
 
+@dataclass(frozen=True)
+class EifLayout:
+    """What `check_eif` found: the image's architecture and its sections."""
+
+    arch: str
+    sections: tuple[Section, ...]
+
+
+def _arch(flags: int) -> str:
+    return "aarch64" if flags & layout.FLAG_ARCH_AARCH64 else "x86_64"
+
+
 def _identity(info: os.stat_result) -> tuple[int, int, int, int]:
     return (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev)
 
@@ -162,17 +177,41 @@ def read_eif(path: str | os.PathLike, *, threaded: bool | None = None) -> EifIma
 
     `threaded` forces hashing on worker threads (True) or inline (False); by default
     files above a few MiB use threads."""
+    return _opened(path, lambda file, name, info: _read(file, name, info, threaded))
+
+
+def check_eif(path: str | os.PathLike) -> EifLayout:
+    """Validate the EIF at `path` as `read_eif` does, without hashing it: the header, the
+    section table and headers, and the small sections (command line, metadata, signature)
+    are checked; the kernel and ramdisks are not read. While the file does not change,
+    `read_eif` accepts what this accepts (EifError if invalid)."""
+    return _opened(path, _check)
+
+
+def _opened(path: str | os.PathLike,
+            read: Callable[[BinaryIO, str, os.stat_result], _T]) -> _T:
     path = os.fspath(path)
     with open_input(path, files.EIF) as opened:
         try:
-            return _read(opened.file, path, opened.info, threaded)
+            return read(opened.file, path, opened.info)
         except OSError as error:
             raise EifError(f"{path}: read error: {error.strerror or error}") from None
 
 
-def _read(file: BinaryIO, path: str, info: os.stat_result,
-          threaded: bool | None) -> EifImage:
-    size = info.st_size
+def _check(file: BinaryIO, path: str, info: os.stat_result) -> EifLayout:
+    _, header, sections = _structure(file, path, info.st_size)
+    kept = {}
+    for section in sections:
+        if section.type in _IN_MEMORY_LIMITS:
+            kept[section.type] = _read_exact(file, section.offset, section.size, path)
+            if section.type == SectionType.CMDLINE:
+                _check_cmdline(kept[section.type], section, path)
+    _parse_kept(kept, sections, path)
+    return EifLayout(_arch(header.flags), sections)
+
+
+def _structure(file: BinaryIO, path: str, size: int) -> tuple[bytes, dict, tuple[Section, ...]]:
+    """The raw header, the parsed header and the sections, all checked."""
     raw_header = file.read(HEADER_SIZE)
     if len(raw_header) < HEADER_SIZE:
         raise EifError(f"{path}: {len(raw_header)} bytes, too short for the "
@@ -182,6 +221,13 @@ def _read(file: BinaryIO, path: str, info: os.stat_result,
     sections = tuple(replace(section, type=_check_section_header(file, section, path))
                      for section in _check_table(header, size, path))
     _check_counts(sections, path)
+    return raw_header, header, sections
+
+
+def _read(file: BinaryIO, path: str, info: os.stat_result,
+          threaded: bool | None) -> EifImage:
+    size = info.st_size
+    raw_header, header, sections = _structure(file, path, size)
 
     if threaded is None:
         threaded = size >= THREAD_THRESHOLD
@@ -205,24 +251,33 @@ def _read(file: BinaryIO, path: str, info: os.stat_result,
         measurer.close()
     crc, measurements = measurer.finish()
 
-    cmdline = kept[SectionType.CMDLINE]
-    metadata = None
-    if SectionType.METADATA in kept:
-        where = next(s for s in sections if s.type == SectionType.METADATA).describe()
-        metadata = parse_metadata(kept[SectionType.METADATA], f"{path}: {where}")
+    metadata, signature = _parse_kept(kept, sections, path)
+    check, problem = None, None
+    if signature is not None:
+        from eif.signature import check_signature
 
-    signature, check, problem = None, None, None
-    if SectionType.SIGNATURE in kept:
-        from eif.signature import check_signature, parse_section
-
-        where = next(s for s in sections if s.type == SectionType.SIGNATURE).describe()
-        signature = parse_section(kept[SectionType.SIGNATURE], f"{path}: {where}")
         measurements = Measurements(measurements.pcr0, measurements.pcr1, measurements.pcr2,
                                     signature.pcr8)
         check, problem = check_signature(signature, measurements.pcr0)
 
-    return EifImage(path, header, sections, cmdline, crc, measurements, metadata, signature,
-                    check, problem, _identity(info))
+    return EifImage(path, header, sections, kept[SectionType.CMDLINE], crc, measurements,
+                    metadata, signature, check, problem, _identity(info))
+
+
+def _parse_kept(kept: dict[SectionType, bytes], sections: tuple[Section, ...],
+                path: str) -> tuple[Metadata | None, ParsedSignature | None]:
+    """The metadata and signature sections parsed (EifError if malformed)."""
+    def where(kind: SectionType) -> str:
+        return f"{path}: {next(s for s in sections if s.type == kind).describe()}"
+
+    metadata = signature = None
+    if SectionType.METADATA in kept:
+        metadata = parse_metadata(kept[SectionType.METADATA], where(SectionType.METADATA))
+    if SectionType.SIGNATURE in kept:
+        from eif.signature import parse_section
+
+        signature = parse_section(kept[SectionType.SIGNATURE], where(SectionType.SIGNATURE))
+    return metadata, signature
 
 
 def _check_cmdline(cmdline: bytes, section: Section, path: str) -> None:

@@ -12,7 +12,7 @@ from eif import layout
 from eif.errors import EifError
 from eif.layout import SectionType as T
 from eif.metadata import BuildInfo, Metadata
-from eif.reader import read_eif
+from eif.reader import check_eif, read_eif
 
 META = Metadata("n", "v", BuildInfo("t", "tool", "1", "OS", "kernel")).to_bytes()
 
@@ -206,15 +206,12 @@ def test_arbitrary_bytes_raise_only_eif_error(tmp_path, data):
         pass
 
 
-@given(st.data())
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_mutated_valid_files_raise_only_eif_error(tmp_path, data):
-    """Several random edits (overwrite, truncate, insert) of a valid file with a signature-
-    like tail: the reader either reads it or raises EifError, nothing else."""
-    raw = bytearray(compose(GOOD + [(T.SIGNATURE, bytes.fromhex("81a2737369676e696e675f636572"
-                                                                 "746966696361746580697369676e"
-                                                                 "61747572658a"))]))
+SIGNED = GOOD + [(T.SIGNATURE, bytes.fromhex("81a2737369676e696e675f636572746966696361746580"
+                                             "697369676e61747572658a"))]
+
+
+def mutate(data, raw: bytearray) -> bytearray:
+    """Several random edits of `raw`: overwrite, truncate, insert."""
     for _ in range(data.draw(st.integers(1, 4))):
         op = data.draw(st.sampled_from(["set", "truncate", "insert"]))
         at = data.draw(st.integers(0, max(len(raw) - 1, 0)))
@@ -224,9 +221,47 @@ def test_mutated_valid_files_raise_only_eif_error(tmp_path, data):
             del raw[at:]
         else:
             raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+    return raw
+
+
+@given(st.data())
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_mutated_valid_files_raise_only_eif_error(tmp_path, data):
+    """Several random edits of a valid file with a signature-like tail: the reader either
+    reads it or raises EifError, nothing else."""
     path = tmp_path / "mut.eif"
-    path.write_bytes(bytes(raw))
+    path.write_bytes(bytes(mutate(data, bytearray(compose(SIGNED)))))
     try:
         read_eif(path)
     except EifError:
         pass
+
+
+def outcome(read, path):
+    try:
+        return read(path)
+    except EifError as error:
+        return str(error)
+
+
+@given(st.data())
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_check_eif_accepts_and_refuses_what_read_eif_does(tmp_path, data):
+    """check_eif (no hashing) and read_eif agree on every file, with the same error."""
+    path = tmp_path / "mut.eif"
+    path.write_bytes(bytes(mutate(data, bytearray(compose(data.draw(st.sampled_from(
+        [GOOD, SIGNED, [(T.KERNEL, b"K"), (T.CMDLINE, b"a\0b"), (T.RAMDISK, b"R")]])))))))
+    checked, image = outcome(check_eif, path), outcome(read_eif, path)
+    if isinstance(image, str):
+        assert checked == image
+    else:
+        assert (checked.arch, checked.sections) == (image.arch, image.sections)
+
+
+def test_check_eif_reports_the_architecture(tmp_path):
+    path = tmp_path / "x.eif"
+    path.write_bytes(compose(GOOD, flags=layout.FLAG_ARCH_AARCH64))
+    checked = check_eif(path)
+    assert checked.arch == "aarch64" and len(checked.sections) == len(GOOD)
