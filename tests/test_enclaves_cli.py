@@ -106,6 +106,12 @@ def test_missing_and_corrupt_eifs(cli, tmp_path):
     truncated = tmp_path / "truncated.eif"
     truncated.write_bytes(b"")
     assert_nitro_error(cli(*run_args(truncated)), 35)
+    (tmp_path / "kernel").write_bytes(b"Image")
+    (tmp_path / "ramdisk").write_bytes(b"RAMDISK")
+    arm = tmp_path / "arm.eif"
+    build_eif(arm, kernel=tmp_path / "kernel", cmdline="console=ttyAMA0", arch="aarch64",
+              ramdisks=[tmp_path / "ramdisk"], build_time="2024-01-01T00:00:00+00:00")
+    assert_nitro_error(cli(*run_args(arm)), 35, "aarch64 EIF")
     assert not list((tmp_path / "state").glob("enclaves/*/"))    # nothing was started
 
 

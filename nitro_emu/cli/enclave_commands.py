@@ -128,11 +128,13 @@ def _spec_from_flags(args: argparse.Namespace) -> RunSpec:
 
 def _check_image(spec: RunSpec) -> None:
     """The checks nitro-cli makes before it starts an enclave: the EIF opens (E19) and
-    parses (E35), memory is at least 4x its size (E26) and what the machine can give."""
+    is valid (E35), memory is at least 4x its size (E26) and what the machine can give.
+    The EIF is checked without being measured: the enclave process reads and measures
+    it once, to boot it."""
     import os
 
     from eif.errors import EifError, FileError
-    from eif.reader import read_eif
+    from eif.reader import check_eif
     from nitro_emu.limits import MemorySizeError, check_memory_mib
 
     try:
@@ -147,7 +149,7 @@ def _check_image(spec: RunSpec) -> None:
             raise NitroCliError(19, f"File: '{spec.system_map}', failing operation: 'Open' "
                                     f"({error}).") from None
     try:
-        image = read_eif(spec.eif_path)
+        image = check_eif(spec.eif_path)
     except EifError as error:
         raise NitroCliError(35, f"{error}.") from None
     needed = -(-size // (1 << 20)) * 4          # nitro-cli: 4 x the EIF's size in MB
