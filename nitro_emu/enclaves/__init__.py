@@ -8,7 +8,6 @@
 - `process`: the enclave process itself (the machine, its control socket, its console)
 - `control`: the control socket's protocol; `control_thread`: the thread that serves it
 - `console_log`: the console log on disk (written by the process, followed by `console`)
-- `sockaddr`: Unix socket paths longer than sun_path allows
 - `manager`: finding, describing and terminating running enclaves
 - `json_output`, `errors`: nitro-cli's JSON and its error codes
 """
